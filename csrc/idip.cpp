@@ -1,0 +1,47 @@
+// The idip operator library: every op's schema, in one place, and the Python module `idip._C`.
+//
+// Kernels are registered per device in csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(idip, CPU, m)) and
+// csrc/cuda/*.cu (TORCH_LIBRARY_IMPL(idip, CUDA, m)). Fake (meta) kernels and autograd formulas
+// are registered from Python in idip/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef IDIP_TORCH_VERSION
+#define IDIP_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(idip, m) {
+  // ---- RoIAlign and NMS (ops 1-3) ------------------------------------------------------------
+
+  // ---- CondInst: aligned upsampling and the fused dynamic mask head (ops 4-5) ----------------
+
+  // ---- Diffusion box scheduling (ops 6-7) ----------------------------------------------------
+  m.def(
+      "box_q_sample(Tensor x_start, Tensor noise, Tensor t, Tensor alphas_cumprod, "
+      "Tensor image_size) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+PyObject* build_info(PyObject*, PyObject*) {
+#ifdef WITH_CUDA
+  const int with_cuda = 1;
+#else
+  const int with_cuda = 0;
+#endif
+  return Py_BuildValue("{s:s,s:O}", "torch_version", IDIP_TORCH_VERSION, "with_cuda",
+                       with_cuda ? Py_True : Py_False);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "Returns {'torch_version': str, 'with_cuda': bool} as of the build of idip._C."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                          "idip's C++/CUDA operators, registered under torch.ops.idip.", -1,
+                          methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

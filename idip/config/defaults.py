@@ -1,0 +1,123 @@
+"""Every config key with its default and a one-line description.
+
+The type of each default is the type the key accepts (``None`` accepts anything). Model-specific
+sections (MODEL.IDIP, MODEL.FCOS, MODEL.CONDINST) live further down. The defaults are IDIP's COCO
+settings; the YAML files in configs/ change what differs.
+"""
+
+from .config import CfgNode as CN
+
+_C = CN()
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.META_ARCHITECTURE = "IDIP"  # model class: "IDIP" or "CondInst"
+_C.MODEL.DEVICE = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1" ...
+_C.MODEL.WEIGHTS = ""  # checkpoint (.pth) or backbone weights (.pth torchvision / .pkl detectron2)
+_C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB pixel mean subtracted from the input
+_C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB pixel std dividing the input
+_C.MODEL.USE_REFERENCE_OPS = False  # run the plain-PyTorch reference ops instead of idip._C (benchmarks)
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "ResNet"  # backbone family
+_C.MODEL.BACKBONE.FREEZE_AT = 2  # 0 nothing frozen, 1 stem, 2 stem+res2, ... 5 everything
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
+_C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN", "GN"
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # True for MSRA caffe-style weights (stride in the 1x1 conv)
+_C.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]  # stages returned to the FPN
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64  # base width of the bottleneck 3x3 (64 for plain ResNets)
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]  # backbone stages fed to the FPN
+_C.MODEL.FPN.OUT_CHANNELS = 256  # channels of every FPN level
+_C.MODEL.FPN.NORM = ""  # "" (none), "GN", "BN" on the lateral and output convs
+_C.MODEL.FPN.TOP_BLOCK = ""  # "" or "P6P7" (two extra levels from P5, as FCOS/CondInst)
+
+# ------------------------------------------------------------------------------------------------
+# Input
+# ------------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # short-side choices
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice" of the list or "range" between its two ends
+_C.INPUT.MAX_SIZE_TRAIN = 1333  # cap on the long side in training
+_C.INPUT.MIN_SIZE_TEST = 800  # short side at test time (0 disables resizing)
+_C.INPUT.MAX_SIZE_TEST = 1333  # cap on the long side at test time
+_C.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal" or "none"
+_C.INPUT.SIZE_DIVISIBILITY = 32  # batches are padded to a multiple of this
+_C.INPUT.MASK_FORMAT = "bitmask"  # instance masks are decoded to bitmasks on load
+
+# ------------------------------------------------------------------------------------------------
+# Datasets and loading
+# ------------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.ROOT = ""  # dataset root; "" means $IDIP_DATASETS, else ./datasets
+_C.DATASETS.TRAIN = ("coco_2017_train",)  # registered dataset names used for training
+_C.DATASETS.TEST = ("coco_2017_val",)  # registered dataset names used for evaluation
+# Extra COCO-format datasets, declared without Python: a list of
+# {NAME: str, JSON: path, IMAGES: folder}; relative paths are taken from DATASETS.ROOT.
+_C.DATASETS.CUSTOM = []
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4  # loader processes per rank
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images separately
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # drop training images with no usable instance
+_C.DATALOADER.MAX_BAD_IMAGE_FRACTION = 0.01  # abort training when more images than this fail to load
+
+# ------------------------------------------------------------------------------------------------
+# Solver
+# ------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+_C.SOLVER.BASE_LR = 2.5e-5  # learning rate for a total batch of IMS_PER_BATCH
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+_C.SOLVER.NESTEROV = False  # SGD Nesterov momentum
+_C.SOLVER.BETAS = (0.9, 0.999)  # AdamW betas
+_C.SOLVER.WEIGHT_DECAY = 1e-4  # weight decay for weights
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay for normalisation parameters
+_C.SOLVER.WEIGHT_DECAY_BIAS = None  # weight decay for biases (None: same as WEIGHT_DECAY)
+_C.SOLVER.BACKBONE_MULTIPLIER = 1.0  # learning-rate factor of the backbone's parameters
+_C.SOLVER.IMS_PER_BATCH = 16  # total images per iteration over all ranks (and accumulation steps)
+_C.SOLVER.GRAD_ACCUM_STEPS = 0  # 0: chosen so that IMS_PER_BATCH fits; else forward passes per step
+_C.SOLVER.MAX_ITER = 90000  # training iterations
+_C.SOLVER.STEPS = (60000, 80000)  # iterations at which the learning rate is multiplied by GAMMA
+_C.SOLVER.GAMMA = 0.1  # learning-rate decay factor at each step
+_C.SOLVER.WARMUP_FACTOR = 0.01  # learning-rate factor at iteration 0 of the linear warmup
+_C.SOLVER.WARMUP_ITERS = 1000  # length of the linear warmup
+_C.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
+_C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False  # automatic mixed precision
+_C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16" or "float16" (float16 uses a gradient scaler)
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = True  # clip gradients before each step
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # "full_model" (norm over all) or "value"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0  # max norm (full_model) or max abs value (value)
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0  # p of the p-norm for full_model clipping
+
+# ------------------------------------------------------------------------------------------------
+# Test
+# ------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training (0: only at the end)
+_C.TEST.IMS_PER_BATCH = 1  # images per inference batch per rank
+_C.TEST.SEED = 0  # seed of the random parts of inference (IDIP's initial boxes), for repeatable AP
+_C.TEST.DETECTIONS_PER_IMAGE = 100  # kept detections per image for evaluation
+
+# ------------------------------------------------------------------------------------------------
+# Misc
+# ------------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./output"  # checkpoints, logs, metrics.json, tensorboard and config.yaml
+_C.SEED = -1  # global seed; < 0 picks one at random (and logs it)
+_C.CUDNN_BENCHMARK = False  # torch.backends.cudnn.benchmark
+_C.DETERMINISTIC = False  # torch.use_deterministic_algorithms (slower; for exact resumes)
+_C.LOG_PERIOD = 20  # iterations between log lines
+_C.VERSION = 1  # config format version
+
+
+def get_cfg() -> CN:
+    """Returns a fresh, mutable copy of the default config."""
+    return _C.clone()
