@@ -1,0 +1,1 @@
+"""idip.engine."""

@@ -1,0 +1,1 @@
+"""Backbones: ResNet (torchvision layout, FrozenBN) and FPN, with weight loading."""

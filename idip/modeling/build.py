@@ -1,0 +1,69 @@
+"""``MODEL.META_ARCHITECTURE`` -> model class registry and ``build_model``."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+
+META_ARCH_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_meta_arch(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: makes ``name`` a valid ``MODEL.META_ARCHITECTURE``.
+
+    The class is constructed as ``cls(cfg)``.
+    """
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in META_ARCH_REGISTRY and META_ARCH_REGISTRY[name] is not cls:
+            raise ValueError(f"meta architecture '{name}' is registered twice")
+        META_ARCH_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _import_builtin_models() -> None:
+    # Importing the model packages runs their @register_meta_arch decorators.
+    from . import condinst, idip  # noqa: F401
+
+
+def resolve_device(cfg) -> torch.device:
+    """``MODEL.DEVICE``, with "auto" meaning cuda when a GPU is visible, else cpu."""
+    name = cfg.MODEL.DEVICE
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'MODEL.DEVICE' has an invalid device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"config key 'MODEL.DEVICE' is {name!r} but no CUDA GPU is visible; use 'cpu' or 'auto'"
+        )
+    return device
+
+
+def build_model(cfg) -> nn.Module:
+    """Builds ``cfg.MODEL.META_ARCHITECTURE`` and moves it to ``MODEL.DEVICE``.
+
+    In training mode ``model(batch)`` returns a dict of losses; in eval mode a list with one dict
+    per image (``boxes`` [K,4] xyxy in original image coordinates, ``scores`` [K], ``labels`` [K],
+    ``masks`` [K,H,W] bool).
+    """
+    _import_builtin_models()
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name not in META_ARCH_REGISTRY:
+        close = difflib.get_close_matches(name, list(META_ARCH_REGISTRY), n=2, cutoff=0.3)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"config key 'MODEL.META_ARCHITECTURE' is {name!r}, which is not a known model "
+            f"(known: {', '.join(sorted(META_ARCH_REGISTRY))}){hint}"
+        )
+    model = META_ARCH_REGISTRY[name](cfg)
+    return model.to(resolve_device(cfg))

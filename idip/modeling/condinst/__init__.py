@@ -1,0 +1,1 @@
+"""CondInst: FCOS with a controller, a mask branch and the fused dynamic mask head."""

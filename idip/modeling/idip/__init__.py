@@ -1,0 +1,1 @@
+"""IDIP: diffusion box denoising with a dynamic head and an RoI mask head."""
