@@ -63,3 +63,52 @@ def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[s
     if average:
         stacked /= get_world_size()
     return dict(zip(keys, stacked))
+
+
+def init_distributed(device_type: str) -> bool:
+    """Joins the process group described by torchrun's environment (RANK, WORLD_SIZE, ...).
+
+    Without those variables (a plain ``python train.py``) nothing happens and the run is one
+    process. The backend is NCCL for CUDA and Gloo otherwise; on CUDA each process is pinned to
+    the GPU of its LOCAL_RANK.
+
+    Args:
+        device_type: "cuda" or "cpu" (the type of ``MODEL.DEVICE``).
+
+    Returns:
+        True when this process is part of a (possibly one-member) process group.
+    """
+    if is_dist():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if not dist.is_available():
+        raise RuntimeError("torch was built without torch.distributed; run with plain `python`")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} has no GPU: only {torch.cuda.device_count()} visible "
+                "(lower --nproc_per_node)"
+            )
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    kwargs = {"backend": backend, "init_method": "env://"}
+    if device_type == "cuda":
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    dist.init_process_group(**kwargs)
+    return True
+
+
+def destroy_distributed() -> None:
+    """Leaves the process group (no-op when none was joined)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def shared_random_seed() -> int:
+    """A random seed drawn on rank 0 and sent to every rank (the same value everywhere)."""
+    seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    return int(broadcast_object(seed, src=0))
