@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -95,9 +96,24 @@ def init_distributed(device_type: str) -> bool:
         backend = "nccl"
     else:
         backend = "gloo"
-    kwargs = {"backend": backend, "init_method": "env://"}
+    kwargs: dict[str, Any] = {"backend": backend}
     if device_type == "cuda":
         kwargs["device_id"] = torch.device("cuda", local_rank)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # Restarted workers reuse torchrun's store, which still holds the keys (peer addresses)
+        # of the failed attempt; a per-attempt prefix keeps the new group from reading them.
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            timeout=datetime.timedelta(minutes=30),
+        )
+        kwargs.update(
+            store=dist.PrefixStore(f"idip/attempt_{restart}", store),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
+    else:
+        kwargs["init_method"] = "env://"
     dist.init_process_group(**kwargs)
     return True
 

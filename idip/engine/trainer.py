@@ -8,6 +8,7 @@ One iteration = one optimizer step = ``SOLVER.IMS_PER_BATCH`` images over all ra
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -190,12 +191,12 @@ class Trainer:
         if get_world_size() == 1:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=device_ids,
-            find_unused_parameters=cfg.DDP.FIND_UNUSED_PARAMETERS,
-            broadcast_buffers=cfg.DDP.BROADCAST_BUFFERS,
-        )
+        kwargs = {"device_ids": device_ids, "find_unused_parameters": cfg.DDP.FIND_UNUSED_PARAMETERS}
+        if not cfg.DDP.BROADCAST_BUFFERS:
+            # Newer torch renames broadcast_buffers (and warns about the old name).
+            params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+            kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
+        return nn.parallel.DistributedDataParallel(model, **kwargs)
 
     # --- the loop --------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:

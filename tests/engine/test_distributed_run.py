@@ -1,0 +1,55 @@
+"""Two-process training with torchrun (gloo on CPU), and a worker restart that resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.engine.tiny_model import tiny_cfg_opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "tests", "engine", "tiny_train_script.py")
+
+
+def _torchrun(out_dir, report, max_iter=4, extra_env=None, torchrun_args=(), **opts):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_REPORT=str(report), PYTHONPATH=ROOT)
+    env.update(extra_env or {})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *torchrun_args,
+           SCRIPT, *tiny_cfg_opts(str(out_dir), max_iter, **opts)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(report) as f:
+        return json.load(f), proc
+
+
+@pytest.mark.slow
+def test_two_process_training_and_restart(tmp_path):
+    report, _ = _torchrun(tmp_path / "run", tmp_path / "report.json", max_iter=4)
+    assert report["world_size"] == 2
+    ranks = report["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["steps"] for r in ranks] == [4, 4]  # both ranks stepped every iteration
+    assert ranks[0]["params"] == ranks[1]["params"]  # DDP kept them identical
+    # Only rank 0 writes: one metrics line per iteration (LOG_PERIOD 1), one log line per iteration.
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.json")]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    log = open(tmp_path / "run" / "log.txt").read()
+    assert log.count("iter: 2 ") == 1
+    assert "world size 2" in log
+    assert sorted(f for f in os.listdir(tmp_path / "run") if not f.startswith("events.out")) == [
+        "config.yaml", "last_checkpoint", "log.txt", "metrics.json",
+        "model_0000001.pth", "model_final.pth",
+    ]
+
+    # A worker failure at iteration 3 on the first attempt: torchrun restarts both workers, which
+    # resume from model_0000001.pth (iteration 1) and end with the same parameters.
+    restarted, proc = _torchrun(
+        tmp_path / "restart", tmp_path / "report2.json", max_iter=4,
+        extra_env={"TINY_FAIL_AT_ITER": "3"}, torchrun_args=("--max-restarts=1",),
+    )
+    assert [r["start_iter"] for r in restarted["ranks"]] == [2, 2]
+    assert restarted["ranks"][0]["params"] == ranks[0]["params"]
+    assert restarted["ranks"][1]["params"] == ranks[0]["params"]
+    assert "resumed from" in open(tmp_path / "restart" / "log.txt").read()
