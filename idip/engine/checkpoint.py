@@ -141,15 +141,6 @@ def load_model_state_strict(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def _backbone_module(model: nn.Module) -> nn.Module:
-    model = unwrap_model(model)
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise CheckpointError(f"{type(model).__name__} has no .backbone to load backbone weights into")
-    # ResNet+FPN: the ResNet is the FPN's bottom_up.
-    return getattr(backbone, "bottom_up", backbone)
-
-
 def load_weights(model: nn.Module, path: str, meta_architecture: str) -> str:
     """Loads ``MODEL.WEIGHTS``: a full IDIP checkpoint (model only) or backbone-only weights.
 
@@ -178,13 +169,20 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str) -> str:
         if "model" in data and isinstance(data["model"], dict) and "meta_architecture" in data:
             raise CheckpointError(f"checkpoint {path} has an unknown format {data.get('format')!r}")
     try:
-        from ..modeling.backbone import load_backbone_weights
-    except ImportError:
+        from ..modeling import backbone as backbone_pkg
+        load_backbone_weights = backbone_pkg.load_backbone_weights
+    except (ImportError, AttributeError):
         raise CheckpointError(
             f"{path} is not a full IDIP checkpoint and idip.modeling.backbone.load_backbone_weights "
             "is not available to load it as backbone weights"
         ) from None
-    report = load_backbone_weights(_backbone_module(model), data if data is not None else path)
+    # The backbone loader finds the ResNet (and FPN) inside the whole model.
+    try:
+        report = load_backbone_weights(unwrap_model(model), path)
+    except RuntimeError as err:
+        if type(err).__name__ == "CheckpointError":  # the backbone loader's own error class
+            raise CheckpointError(str(err)) from None
+        raise
     return f"loaded backbone weights from {path}: {report}"
 
 

@@ -11,8 +11,9 @@ from ..config import ConfigError
 from .checkpoint import CheckpointError
 from .distributed import destroy_distributed
 
-# User errors: a bad config, a missing or unfitting weights file. One line, exit code 2.
-USER_ERRORS = (ConfigError, CheckpointError)
+# User errors: a bad config, a missing or unfitting weights file, a missing dataset file.
+# One line, exit code 2.
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
