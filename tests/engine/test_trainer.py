@@ -132,3 +132,36 @@ def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
                      trainer_cls=TinyTrainer)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.pth" in err[0]
+
+
+class RecordingEvalTrainer(TinyTrainer):
+    """Stands in for the COCO evaluation: records when it runs."""
+
+    def evaluate(self, cfg, model):
+        self.eval_calls = getattr(self, "eval_calls", [])
+        self.eval_calls.append(model.training)
+        n = len(self.eval_calls)
+        return {"shapes_val": {"bbox": {"AP": 10.0 * n, "AP50": 20.0}, "segm": {"AP": 5.0 * n}}}
+
+
+def test_periodic_and_final_evaluation_written_to_metrics(tmp_path):
+    trainer = RecordingEvalTrainer(_cfg(tmp_path, max_iter=5, **{"TEST.EVAL_PERIOD": 2, "LOG_PERIOD": 5}))
+    trainer.train()
+    assert len(trainer.eval_calls) == 3  # after iterations 1 and 3, and at the end (4)
+    records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    assert [r["iteration"] for r in evals] == [1, 3, 4]
+    assert [r["eval/shapes_val/bbox/AP"] for r in evals] == [10.0, 20.0, 30.0]
+    assert evals[0]["eval/shapes_val/segm/AP"] == 5.0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_amp_run(tmp_path, dtype):
+    trainer = TinyTrainer(_cfg(tmp_path, max_iter=3, **{"MODEL.DEVICE": "cuda", "SOLVER.AMP.ENABLED": True,
+                                                         "SOLVER.AMP.DTYPE": dtype, "DETERMINISTIC": False,
+                                                         "CUDNN_BENCHMARK": True}))
+    trainer.train()
+    assert next(trainer.model.parameters()).is_cuda
+    assert "max_mem: " in open(tmp_path / "log.txt").read()
+    assert all(torch.isfinite(v).all() for v in _params(trainer).values())
