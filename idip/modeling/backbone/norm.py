@@ -63,6 +63,9 @@ class FrozenBatchNorm2d(nn.Module):
         """
         if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
             frozen = cls(module.num_features, module.eps)
+            reference = _first_tensor(module)
+            if reference is not None:
+                frozen = frozen.to(device=reference.device, dtype=reference.dtype)
             with torch.no_grad():
                 if module.affine:
                     frozen.weight.copy_(module.weight)
@@ -70,7 +73,7 @@ class FrozenBatchNorm2d(nn.Module):
                 if module.track_running_stats:
                     frozen.running_mean.copy_(module.running_mean)
                     frozen.running_var.copy_(module.running_var)
-            return frozen.to(device=_device_of(module))
+            return frozen
         for name, child in module.named_children():
             new_child = cls.convert_frozen_batchnorm(child)
             if new_child is not child:
@@ -78,10 +81,11 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     for tensor in module.state_dict().values():
-        return tensor.device
-    return torch.device("cpu")
+        if tensor.is_floating_point():
+            return tensor
+    return None
 
 
 def get_norm(name: str, channels: int) -> nn.Module | None:
