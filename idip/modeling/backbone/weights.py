@@ -59,9 +59,11 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     reconstruct = core.multiarray._reconstruct
     scalar = core.multiarray.scalar
     allowed: dict[tuple[str, str], Any] = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = scalar
+    frombuffer = core.numeric._frombuffer  # protocol 5 arrays: bytes + dtype + shape
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(package + ".multiarray", "_reconstruct")] = reconstruct
+        allowed[(package + ".multiarray", "scalar")] = scalar
+        allowed[(package + ".numeric", "_frombuffer")] = frombuffer
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     # Bytes pickled by Python 3 with protocol <= 2 come back through _codecs.encode(str, "latin1"),
