@@ -69,18 +69,26 @@ def set_datasets_root(root: str | None) -> None:
     _ROOT_FROM_CFG = root or None
 
 
-def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
+def register_coco_dataset(name: str, json_file: str, image_root: str, overwrite: bool = False) -> None:
     """Registers a COCO-format dataset. Relative paths are taken from the datasets root.
 
-    Registering the same name again with the same paths is a no-op; with other paths, an error.
+    Registering the same name again with the same paths is a no-op; with other paths, an error
+    unless ``overwrite`` (built-in names can never be replaced).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     entry = _Entry(str(json_file), str(image_root))
     with _LOCK:
         old = _REGISTRY.get(name)
-        if old is not None and (old.json_file, old.image_root) != (entry.json_file, entry.image_root):
-            kind = "a built-in dataset" if old.builtin else f"registered with json '{old.json_file}', images '{old.image_root}'"
+        changed = old is not None and (old.json_file, old.image_root) != (entry.json_file, entry.image_root)
+        if changed and overwrite and not old.builtin:
+            old = None
+        elif changed:
+            kind = (
+                "a built-in dataset"
+                if old.builtin
+                else f"registered with json '{old.json_file}', images '{old.image_root}'"
+            )
             raise ValueError(f"dataset '{name}' is already {kind}; choose another name")
         _REGISTRY[name] = old or entry
 
@@ -134,7 +142,11 @@ def get_dataset(name: str) -> DatasetInfo:
 
 
 def register_from_cfg(cfg) -> None:
-    """Applies DATASETS.ROOT and registers every DATASETS.CUSTOM entry ({NAME, JSON, IMAGES})."""
+    """Applies DATASETS.ROOT and registers every DATASETS.CUSTOM entry ({NAME, JSON, IMAGES}).
+
+    The config is the source of truth: an entry replaces an earlier registration of its name
+    (except a built-in one, which is an error).
+    """
     set_datasets_root(cfg.DATASETS.ROOT)
     for i, entry in enumerate(cfg.DATASETS.CUSTOM):
         if not isinstance(entry, dict):
@@ -149,7 +161,7 @@ def register_from_cfg(cfg) -> None:
                 + (f"unknown keys {unknown}" if unknown else "")
                 + " (expected NAME, JSON, IMAGES)"
             )
-        register_coco_dataset(str(entry["NAME"]), str(entry["JSON"]), str(entry["IMAGES"]))
+        register_coco_dataset(str(entry["NAME"]), str(entry["JSON"]), str(entry["IMAGES"]), overwrite=True)
 
 
 def _register_builtins() -> None:

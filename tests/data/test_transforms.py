@@ -91,3 +91,15 @@ def test_resize_keeps_image_content_in_place():
     assert out.shape == (80, 120, 3)
     assert (out[22:38, 62:98] == 200).all() and (out[:18] == 0).all() and (out[:, :58] == 0).all()
     assert transform.apply_masks(torch.zeros(0, 40, 60, dtype=torch.bool)).shape == (0, 80, 120)
+
+
+@pytest.mark.parametrize("sizes", [(250, 300, 400, 480), (250, 300, 170, 204), (17, 23, 31, 9)])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_mask_resize_equals_torch_nearest_exact(sizes, hflip):
+    h, w, oh, ow = sizes
+    masks = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) > 0.5
+    out = GeometricTransform(h, w, oh, ow, hflip).apply_masks(masks)
+    expected = torch.nn.functional.interpolate(masks[:, None].float(), size=(oh, ow), mode="nearest-exact")[:, 0] > 0.5
+    if hflip:
+        expected = expected.flip(-1)
+    assert out.dtype == torch.bool and torch.equal(out, expected)
