@@ -28,9 +28,14 @@ def batch_images(
         if not isinstance(image, torch.Tensor) or image.dim() != 3:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"batch_images: images[{i}] must be a [C, H, W] tensor, got {shape}")
-        if image.shape[0] != first.shape[0] or image.dtype != first.dtype or image.device != first.device:
+        if (
+            image.shape[0] != first.shape[0]
+            or image.dtype != first.dtype
+            or image.device != first.device
+        ):
             raise ValueError(
-                f"batch_images: images[{i}] has channels/dtype/device {image.shape[0]}/{image.dtype}/"
+                f"batch_images: images[{i}] has channels/dtype/device "
+                f"{image.shape[0]}/{image.dtype}/"
                 f"{image.device}, images[0] has {first.shape[0]}/{first.dtype}/{first.device}"
             )
     image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]

@@ -101,9 +101,13 @@ class _TrainDataset(Dataset):
                 return self.mapper(record, rng), failures
             except ImageReadError as exc:
                 failures.append((record["file_name"], exc.reason))
-                index = random.Random(mix_seed(_REPLACE_STREAM, self.seed, position, attempt)).randrange(len(self.records))
+                index = random.Random(
+                    mix_seed(_REPLACE_STREAM, self.seed, position, attempt)
+                ).randrange(len(self.records))
         files = sorted({f for f, _ in failures})
-        raise RuntimeError(f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: {files}")
+        raise RuntimeError(
+            f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: {files}"
+        )
 
 
 def _collate_train(batch):
@@ -128,7 +132,9 @@ class TrainLoader:
     (distinct files) failed.
     """
 
-    def __init__(self, loader: DataLoader, num_images: int, max_bad_fraction: float, batch_size: int):
+    def __init__(
+        self, loader: DataLoader, num_images: int, max_bad_fraction: float, batch_size: int
+    ):
         self.loader, self.num_images, self.max_bad_fraction = loader, num_images, max_bad_fraction
         self.batch_size = batch_size
         self.bad_files: dict[str, str] = {}
@@ -145,10 +151,15 @@ class TrainLoader:
             if file_name in self.bad_files:
                 continue
             self.bad_files[file_name] = reason
-            logger.warning("skipped unreadable training image '%s' (%s); drew another image instead", file_name, reason)
+            logger.warning(
+                "skipped unreadable training image '%s' (%s); drew another image instead",
+                file_name,
+                reason,
+            )
             if len(self.bad_files) > self.max_bad_fraction * self.num_images:
                 raise RuntimeError(
-                    f"{len(self.bad_files)} of {self.num_images} training images could not be read, more than "
+                    f"{len(self.bad_files)} of {self.num_images} training images could not be "
+                    "read, more than "
                     f"DATALOADER.MAX_BAD_IMAGE_FRACTION={self.max_bad_fraction}; first ones: "
                     + ", ".join(f"'{f}'" for f in list(self.bad_files)[:5])
                 )
@@ -178,11 +189,17 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
     if not records:
         raise ValueError(f"no training images with usable annotations in {names}")
     seed = _data_seed(cfg)
-    sampler = TrainingSampler(len(records), seed, shuffle=True, rank=get_rank(), world_size=get_world_size())
+    sampler = TrainingSampler(
+        len(records), seed, shuffle=True, rank=get_rank(), world_size=get_world_size()
+    )
     group_ids = None
     if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        group_ids = np.array([0 if r["width"] >= r["height"] else 1 for r in records], dtype=np.int64)
-    batch_sampler = TrainBatchSampler(sampler, batch_size, group_ids=group_ids, start_batch=start_iter)
+        group_ids = np.array(
+            [0 if r["width"] >= r["height"] else 1 for r in records], dtype=np.int64
+        )
+    batch_sampler = TrainBatchSampler(
+        sampler, batch_size, group_ids=group_ids, start_batch=start_iter
+    )
     num_workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
         _TrainDataset(SerializedList(records), mapper, seed),
@@ -193,9 +210,14 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
     )
     logger.info(
         "training loader: %d images from %s, %d per rank and iteration, starting at iteration %d",
-        len(records), names, batch_size, start_iter,
+        len(records),
+        names,
+        batch_size,
+        start_iter,
     )
-    return TrainLoader(loader, len(records), float(cfg.DATALOADER.MAX_BAD_IMAGE_FRACTION), batch_size)
+    return TrainLoader(
+        loader, len(records), float(cfg.DATALOADER.MAX_BAD_IMAGE_FRACTION), batch_size
+    )
 
 
 class _TestDataset(Dataset):

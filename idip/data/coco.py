@@ -84,7 +84,9 @@ def read_categories(json_file: str) -> Categories:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"'{json_file}' is not valid json: {exc}") from exc
-    return _categories_from_list(data.get("categories") if isinstance(data, dict) else None, json_file)
+    return _categories_from_list(
+        data.get("categories") if isinstance(data, dict) else None, json_file
+    )
 
 
 def _valid_segmentation(segmentation):
@@ -104,7 +106,9 @@ def _valid_segmentation(segmentation):
     return None
 
 
-def load_coco_json(json_file: str, image_root: str, dataset_name: str = "") -> tuple[list[dict], Categories]:
+def load_coco_json(
+    json_file: str, image_root: str, dataset_name: str = ""
+) -> tuple[list[dict], Categories]:
     """Parses a COCO instances json into records (see the module docstring).
 
     Args:
@@ -138,7 +142,9 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str = "") -> t
     for entry in data["images"]:
         missing = [k for k in ("id", "file_name", "height", "width") if k not in entry]
         if missing:
-            raise ValueError(f"'{json_file}': image entry {entry.get('id', entry)!r} lacks {missing}")
+            raise ValueError(
+                f"'{json_file}': image entry {entry.get('id', entry)!r} lacks {missing}"
+            )
         image_id = int(entry["id"])
         if image_id in records:
             raise ValueError(f"'{json_file}': image id {image_id} appears more than once")

@@ -59,17 +59,20 @@ _CATEGORY_CACHE: dict[tuple[str, float], object] = {}
 
 
 def datasets_root() -> str:
-    """DATASETS.ROOT (once :func:`register_from_cfg` saw it), else $IDIP_DATASETS, else ./datasets."""
+    """DATASETS.ROOT (once :func:`register_from_cfg` saw it), else $IDIP_DATASETS, else
+    ./datasets."""
     return _ROOT_FROM_CFG or os.environ.get("IDIP_DATASETS") or "./datasets"
 
 
 def set_datasets_root(root: str | None) -> None:
-    """Overrides the root for every later look-up (None or "": back to $IDIP_DATASETS/./datasets)."""
+    """Overrides the root of every later look-up (None or "": $IDIP_DATASETS or ./datasets)."""
     global _ROOT_FROM_CFG
     _ROOT_FROM_CFG = root or None
 
 
-def register_coco_dataset(name: str, json_file: str, image_root: str, overwrite: bool = False) -> None:
+def register_coco_dataset(
+    name: str, json_file: str, image_root: str, overwrite: bool = False
+) -> None:
     """Registers a COCO-format dataset. Relative paths are taken from the datasets root.
 
     Registering the same name again with the same paths is a no-op; with other paths, an error
@@ -80,7 +83,10 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, overwrite:
     entry = _Entry(str(json_file), str(image_root))
     with _LOCK:
         old = _REGISTRY.get(name)
-        changed = old is not None and (old.json_file, old.image_root) != (entry.json_file, entry.image_root)
+        changed = old is not None and (old.json_file, old.image_root) != (
+            entry.json_file,
+            entry.image_root,
+        )
         if changed and overwrite and not old.builtin:
             old = None
         elif changed:
@@ -105,7 +111,8 @@ def get_dataset(name: str) -> DatasetInfo:
     """Looks a dataset up, preparing it if needed (shapes), and reads its classes.
 
     Raises:
-        UnknownDatasetError (a KeyError): unknown name (the message lists the known names and the closest match).
+        UnknownDatasetError (a KeyError): unknown name (the message lists the known names and
+            the closest match).
         FileNotFoundError: the annotation file or image folder is missing (message names it).
     """
     entry = _REGISTRY.get(name)
@@ -113,7 +120,9 @@ def get_dataset(name: str) -> DatasetInfo:
         known = registered_names()
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UnknownDatasetError(f"unknown dataset '{name}'{hint} Known datasets: {', '.join(known)}")
+        raise UnknownDatasetError(
+            f"unknown dataset '{name}'{hint} Known datasets: {', '.join(known)}"
+        )
     root = datasets_root()
     if entry.prepare is not None:
         entry.prepare(root)
@@ -150,7 +159,9 @@ def register_from_cfg(cfg) -> None:
     set_datasets_root(cfg.DATASETS.ROOT)
     for i, entry in enumerate(cfg.DATASETS.CUSTOM):
         if not isinstance(entry, dict):
-            raise ValueError(f"DATASETS.CUSTOM[{i}] must be a mapping {{NAME, JSON, IMAGES}}, got {entry!r}")
+            raise ValueError(
+                f"DATASETS.CUSTOM[{i}] must be a mapping {{NAME, JSON, IMAGES}}, got {entry!r}"
+            )
         missing = [k for k in ("NAME", "JSON", "IMAGES") if k not in entry]
         unknown = sorted(set(entry) - {"NAME", "JSON", "IMAGES"})
         if missing or unknown:
@@ -161,7 +172,9 @@ def register_from_cfg(cfg) -> None:
                 + (f"unknown keys {unknown}" if unknown else "")
                 + " (expected NAME, JSON, IMAGES)"
             )
-        register_coco_dataset(str(entry["NAME"]), str(entry["JSON"]), str(entry["IMAGES"]), overwrite=True)
+        register_coco_dataset(
+            str(entry["NAME"]), str(entry["JSON"]), str(entry["IMAGES"]), overwrite=True
+        )
 
 
 def _register_builtins() -> None:

@@ -42,7 +42,8 @@ class DatasetMapper:
         if image.shape[:2] != (height, width):
             raise ImageReadError(
                 file_name,
-                f"decoded size (h={image.shape[0]}, w={image.shape[1]}) differs from the annotation's "
+                f"decoded size (h={image.shape[0]}, w={image.shape[1]}) differs from the "
+                "annotation's "
                 f"(h={height}, w={width})",
             )
         transform = self.augmentation.sample(height, width, rng)
@@ -56,11 +57,18 @@ class DatasetMapper:
         }
         if self.with_instances:
             annotations = [a for a in record["annotations"] if not a["iscrowd"]]
-            boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+            boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(
+                -1, 4
+            )
             classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
             if annotations:
                 masks = torch.from_numpy(
-                    np.stack([segmentation_to_mask(a["segmentation"], height, width) for a in annotations])
+                    np.stack(
+                        [
+                            segmentation_to_mask(a["segmentation"], height, width)
+                            for a in annotations
+                        ]
+                    )
                 )
             else:
                 masks = torch.zeros((0, height, width), dtype=torch.bool)

@@ -33,11 +33,21 @@ class TrainingSampler:
         start: first local position (the k-th item this rank would have produced).
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, start: int = 0):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ):
         if size <= 0:
             raise ValueError(f"TrainingSampler: dataset 'size' must be > 0, got {size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"TrainingSampler: 'rank' {rank} is not in [0, world_size={world_size})")
+            raise ValueError(
+                f"TrainingSampler: 'rank' {rank} is not in [0, world_size={world_size})"
+            )
         if start < 0:
             raise ValueError(f"TrainingSampler: 'start' must be >= 0, got {start}")
         self.size, self.seed, self.shuffle = size, seed, shuffle
@@ -83,17 +93,25 @@ class TrainBatchSampler:
         if batch_size <= 0:
             raise ValueError(f"TrainBatchSampler: 'batch_size' must be > 0, got {batch_size}")
         if sampler.start != 0:
-            raise ValueError("TrainBatchSampler: give the start as 'start_batch', not to the sampler")
+            raise ValueError(
+                "TrainBatchSampler: give the start as 'start_batch', not to the sampler"
+            )
         self.sampler, self.batch_size, self.start_batch = sampler, batch_size, start_batch
         self.group_ids = None if group_ids is None else np.asarray(group_ids, dtype=np.int64)
         if self.group_ids is not None and len(self.group_ids) != sampler.size:
-            raise ValueError(f"TrainBatchSampler: {len(self.group_ids)} group ids for {sampler.size} images")
+            raise ValueError(
+                f"TrainBatchSampler: {len(self.group_ids)} group ids for {sampler.size} images"
+            )
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.group_ids is None:
             sampler = TrainingSampler(
-                self.sampler.size, self.sampler.seed, self.sampler.shuffle, self.sampler.rank,
-                self.sampler.world_size, start=self.start_batch * self.batch_size,
+                self.sampler.size,
+                self.sampler.seed,
+                self.sampler.shuffle,
+                self.sampler.rank,
+                self.sampler.world_size,
+                start=self.start_batch * self.batch_size,
             )
             batch: list[tuple[int, int]] = []
             for item in sampler:
@@ -121,7 +139,9 @@ class InferenceSampler:
         if size < 0:
             raise ValueError(f"InferenceSampler: 'size' must be >= 0, got {size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"InferenceSampler: 'rank' {rank} is not in [0, world_size={world_size})")
+            raise ValueError(
+                f"InferenceSampler: 'rank' {rank} is not in [0, world_size={world_size})"
+            )
         per_rank, extra = divmod(size, world_size)
         self.begin = rank * per_rank + min(rank, extra)
         self.end = self.begin + per_rank + (1 if rank < extra else 0)

@@ -16,7 +16,10 @@ class SerializedList:
     """Read-only sequence of picklable items; ``lst[i]`` unpickles item i."""
 
     def __init__(self, items: list):
-        blobs = [np.frombuffer(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for item in items]
+        blobs = [
+            np.frombuffer(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+            for item in items
+        ]
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
 

@@ -57,11 +57,15 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, channels: int) -> np
     grid = rng.normal(0.0, 1.0, (gh, gw, channels)).astype(np.float32)
     out = np.empty((h, w, channels), dtype=np.float32)
     for c in range(channels):
-        out[..., c] = np.asarray(Image.fromarray(grid[..., c], mode="F").resize((w, h), Image.BICUBIC))
+        out[..., c] = np.asarray(
+            Image.fromarray(grid[..., c], mode="F").resize((w, h), Image.BICUBIC)
+        )
     return out
 
 
-def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
     c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     theta = rng.uniform(0, 2 * math.pi)
     t = xx * math.cos(theta) + yy * math.sin(theta)
@@ -84,8 +88,14 @@ def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np
 def _polygon_mask(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
     """Even-odd rasterisation of a polygon [V, 2] (x, y) at pixel centres -> bool [h, w]."""
     mask = np.zeros((h, w), dtype=bool)
-    x0, y0 = max(int(math.floor(vertices[:, 0].min())), 0), max(int(math.floor(vertices[:, 1].min())), 0)
-    x1, y1 = min(int(math.ceil(vertices[:, 0].max())) + 1, w), min(int(math.ceil(vertices[:, 1].max())) + 1, h)
+    x0, y0 = (
+        max(int(math.floor(vertices[:, 0].min())), 0),
+        max(int(math.floor(vertices[:, 1].min())), 0),
+    )
+    x1, y1 = (
+        min(int(math.ceil(vertices[:, 0].max())) + 1, w),
+        min(int(math.ceil(vertices[:, 1].max())) + 1, h),
+    )
     if x1 <= x0 or y1 <= y0:
         return mask
     px = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
@@ -147,7 +157,9 @@ def _instance_colour(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndar
     return best
 
 
-def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render_image(
+    seed: int, split: str, index: int
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draws one image of the dataset.
 
     Returns:
@@ -171,7 +183,10 @@ def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[tu
             if labels:
                 lost = np.bincount(owner[mask] + 1, minlength=len(labels) + 1)[1:]
                 visible = np.bincount(owner.ravel() + 1, minlength=len(labels) + 1)[1:] - lost
-                if np.any((visible < _MIN_VISIBLE_FRACTION * np.array(full_area)) | (visible < _MIN_VISIBLE_AREA)):
+                if np.any(
+                    (visible < _MIN_VISIBLE_FRACTION * np.array(full_area))
+                    | (visible < _MIN_VISIBLE_AREA)
+                ):
                     continue
             colour = _instance_colour(rng, canvas, mask)
             gx, gy = rng.uniform(-1, 1, 2) * 25.0 / max(math.sqrt(area), 1.0)
@@ -182,7 +197,9 @@ def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[tu
             full_area.append(area)
             labels.append(label)
             break
-    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 8.0))
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(
+        rng.uniform(2.0, 8.0)
+    )
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return image, [(label, owner == i) for i, label in enumerate(labels)]
 
@@ -199,7 +216,10 @@ def _make_image(task: tuple[int, str, int, str]) -> tuple[int, int, int, list[di
         annotations.append(
             {
                 "category_id": label + 1,
-                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "segmentation": {
+                    "size": [int(v) for v in rle["size"]],
+                    "counts": rle["counts"].decode("ascii"),
+                },
                 "area": int(mask.sum()),
                 "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
                 "iscrowd": 0,
@@ -208,7 +228,9 @@ def _make_image(task: tuple[int, str, int, str]) -> tuple[int, int, int, list[di
     return index, image.shape[0], image.shape[1], annotations
 
 
-def generate_split(root: str, split: str, num_images: int, seed: int = DEFAULT_SEED, workers: int | None = None) -> str:
+def generate_split(
+    root: str, split: str, num_images: int, seed: int = DEFAULT_SEED, workers: int | None = None
+) -> str:
     """Generates one split of the dataset under ``<root>/shapes``; returns the json path."""
     from tqdm import tqdm
 
@@ -227,14 +249,18 @@ def generate_split(root: str, split: str, num_images: int, seed: int = DEFAULT_S
     images, annotations = [], []
     for index, height, width, anns in sorted(results, key=lambda r: r[0]):
         image_id = index + 1
-        images.append({"id": image_id, "file_name": f"{index:06d}.png", "height": height, "width": width})
+        images.append(
+            {"id": image_id, "file_name": f"{index:06d}.png", "height": height, "width": width}
+        )
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
     data = {
         "info": {"description": f"idip synthetic shapes, split {split}, seed {seed}"},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)],
+        "categories": [
+            {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)
+        ],
     }
     tmp = json_file + f".tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -254,7 +280,9 @@ def _file_lock(path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_shapes(root: str, split: str, num_images: int | None = None, seed: int = DEFAULT_SEED) -> tuple[str, str]:
+def ensure_shapes(
+    root: str, split: str, num_images: int | None = None, seed: int = DEFAULT_SEED
+) -> tuple[str, str]:
     """Generates the split on first use (under a file lock, so concurrent ranks generate it once).
 
     Returns:
@@ -268,6 +296,8 @@ def ensure_shapes(root: str, split: str, num_images: int | None = None, seed: in
     with _file_lock(os.path.join(root, "shapes", ".generate.lock")):
         if not os.path.isfile(json_file):  # another process may have finished meanwhile
             count = num_images if num_images is not None else DEFAULT_NUM_IMAGES[split]
-            logger.info("generating the shapes dataset (%s, %d images) under %s", split, count, root)
+            logger.info(
+                "generating the shapes dataset (%s, %d images) under %s", split, count, root
+            )
             generate_split(root, split, count, seed=seed)
     return json_file, folder

@@ -40,7 +40,8 @@ def sample_short_edge(min_sizes: Sequence[int], sampling: str, rng: random.Rando
     if sampling == "range":
         if len(sizes) != 2 or sizes[0] > sizes[1]:
             raise ValueError(
-                f"INPUT.MIN_SIZE_TRAIN_SAMPLING='range' needs MIN_SIZE_TRAIN=(low, high), got {tuple(sizes)}"
+                "INPUT.MIN_SIZE_TRAIN_SAMPLING='range' needs MIN_SIZE_TRAIN=(low, high), "
+                f"got {tuple(sizes)}"
             )
         return rng.randint(sizes[0], sizes[1])
     raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
@@ -59,9 +60,14 @@ class GeometricTransform:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] -> uint8 [out_height, out_width, 3]."""
         if image.shape[:2] != (self.in_height, self.in_width):
-            raise ValueError(f"image of size {image.shape[:2]} given to a transform for {(self.in_height, self.in_width)}")
+            raise ValueError(
+                f"image of size {image.shape[:2]} given to a transform for "
+                f"{(self.in_height, self.in_width)}"
+            )
         if (self.out_height, self.out_width) != (self.in_height, self.in_width):
-            image = np.asarray(Image.fromarray(image).resize((self.out_width, self.out_height), Image.BILINEAR))
+            image = np.asarray(
+                Image.fromarray(image).resize((self.out_width, self.out_height), Image.BILINEAR)
+            )
         if self.hflip:
             image = image[:, ::-1]
         return np.ascontiguousarray(image)
@@ -71,7 +77,10 @@ class GeometricTransform:
         sx, sy = self.out_width / self.in_width, self.out_height / self.in_height
         out = boxes * boxes.new_tensor([sx, sy, sx, sy])
         if self.hflip:
-            out = torch.stack([self.out_width - out[:, 2], out[:, 1], self.out_width - out[:, 0], out[:, 3]], dim=1)
+            out = torch.stack(
+                [self.out_width - out[:, 2], out[:, 1], self.out_width - out[:, 0], out[:, 3]],
+                dim=1,
+            )
         out[:, 0::2] = out[:, 0::2].clamp(0, self.out_width)
         out[:, 1::2] = out[:, 1::2].clamp(0, self.out_height)
         return out
@@ -84,7 +93,10 @@ class GeometricTransform:
         is much faster than torch for a few small masks.
         """
         if masks.shape[1:] != (self.in_height, self.in_width):
-            raise ValueError(f"masks of size {tuple(masks.shape[1:])} given to a transform for {(self.in_height, self.in_width)}")
+            raise ValueError(
+                f"masks of size {tuple(masks.shape[1:])} given to a transform for "
+                f"{(self.in_height, self.in_width)}"
+            )
         array = masks.numpy()
         rows = _nearest_source(self.in_height, self.out_height)
         cols = _nearest_source(self.in_width, self.out_width)
@@ -95,7 +107,9 @@ class GeometricTransform:
 
 def _nearest_source(in_size: int, out_size: int) -> np.ndarray:
     """Index of the input pixel whose centre is nearest each output pixel's centre, int64 [out]."""
-    source = np.floor((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)).astype(np.int64)
+    source = np.floor((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)).astype(
+        np.int64
+    )
     return np.minimum(source, in_size - 1)
 
 
@@ -116,9 +130,18 @@ class ResizeFlipAugmentation:
             if flip not in ("horizontal", "none"):
                 raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {flip!r}")
             min_sizes = cfg.INPUT.MIN_SIZE_TRAIN
-            min_sizes = (min_sizes,) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
-            aug = cls(min_sizes, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING, int(cfg.INPUT.MAX_SIZE_TRAIN), 0.5 if flip == "horizontal" else 0.0)
-            sample_short_edge(aug.min_sizes, aug.sampling, random.Random(0))  # validates the settings now
+            min_sizes = (
+                (min_sizes,) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
+            )
+            aug = cls(
+                min_sizes,
+                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                int(cfg.INPUT.MAX_SIZE_TRAIN),
+                0.5 if flip == "horizontal" else 0.0,
+            )
+            sample_short_edge(
+                aug.min_sizes, aug.sampling, random.Random(0)
+            )  # validates the settings now
             return aug
         return cls((int(cfg.INPUT.MIN_SIZE_TEST),), "choice", int(cfg.INPUT.MAX_SIZE_TEST), 0.0)
 

@@ -38,7 +38,11 @@ def tiny_cfg(root: str, train_json: str | None = None, train_images: str | None 
     json_val, images_val = shapes_paths(root, "val")
     cfg.DATASETS.ROOT = root
     cfg.DATASETS.CUSTOM = [
-        {"NAME": "tiny_train", "JSON": train_json or json_train, "IMAGES": train_images or images_train},
+        {
+            "NAME": "tiny_train",
+            "JSON": train_json or json_train,
+            "IMAGES": train_images or images_train,
+        },
         {"NAME": "tiny_val", "JSON": json_val, "IMAGES": images_val},
     ]
     cfg.DATASETS.TRAIN = ("tiny_train",)

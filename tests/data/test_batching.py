@@ -14,8 +14,16 @@ def test_pads_bottom_right_to_a_multiple():
     batch, sizes = batch_images([a, b], 32, pad_value=-1.0)
     assert batch.shape == (2, 3, 64, 64)
     assert sizes == [(30, 40), (50, 20)]
-    assert (batch[0, :, :30, :40] == 1).all() and (batch[0, :, 30:] == -1).all() and (batch[0, :, :, 40:] == -1).all()
-    assert (batch[1, :, :50, :20] == 2).all() and (batch[1, :, 50:] == -1).all() and (batch[1, :, :, 20:] == -1).all()
+    assert (
+        (batch[0, :, :30, :40] == 1).all()
+        and (batch[0, :, 30:] == -1).all()
+        and (batch[0, :, :, 40:] == -1).all()
+    )
+    assert (
+        (batch[1, :, :50, :20] == 2).all()
+        and (batch[1, :, 50:] == -1).all()
+        and (batch[1, :, :, 20:] == -1).all()
+    )
 
 
 @pytest.mark.parametrize("divisibility", [0, 1])

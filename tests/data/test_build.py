@@ -32,7 +32,10 @@ def _same_batches(a, b) -> bool:
         for sa, sb in zip(batch_a, batch_b):
             if not torch.equal(sa["image"], sb["image"]):
                 return False
-            if any(not torch.equal(sa["instances"][k], sb["instances"][k]) for k in ("boxes", "classes", "masks")):
+            if any(
+                not torch.equal(sa["instances"][k], sb["instances"][k])
+                for k in ("boxes", "classes", "masks")
+            ):
                 return False
     return True
 
@@ -105,7 +108,9 @@ def test_test_loader_covers_each_image_once_over_two_ranks(shapes_root, monkeypa
         for batch in build_test_loader(cfg, "tiny_val"):
             for sample in batch:
                 assert "instances" not in sample and sample["image"].dtype == torch.uint8
-                assert min(sample["image"].shape[1:]) == 256 or max(sample["image"].shape[1:]) == 400
+                assert (
+                    min(sample["image"].shape[1:]) == 256 or max(sample["image"].shape[1:]) == 400
+                )
                 seen.append(sample["image_id"])
     assert sorted(seen) == list(range(1, NUM_VAL + 1))
 
@@ -179,7 +184,9 @@ def test_missing_annotation_file_or_folder_fails_at_build_time(shapes_root, tmp_
         build_train_loader(cfg)
     cfg = tiny_cfg(str(tmp_path))
     cfg.DATASETS.TRAIN = ("coco_2017_train",)
-    with pytest.raises(FileNotFoundError, match=os.path.join("coco", "annotations", "instances_train2017.json")):
+    with pytest.raises(
+        FileNotFoundError, match=os.path.join("coco", "annotations", "instances_train2017.json")
+    ):
         build_train_loader(cfg)
 
 
@@ -187,11 +194,15 @@ def test_custom_datasets_relative_to_the_root_and_registry_errors(shapes_root):
     from idip.data.datasets import register_coco_dataset, register_from_cfg
 
     cfg = tiny_cfg(shapes_root)
-    cfg.DATASETS.CUSTOM = [{"NAME": "rel_val", "JSON": "shapes/annotations/instances_val.json", "IMAGES": "shapes/val"}]
+    cfg.DATASETS.CUSTOM = [
+        {"NAME": "rel_val", "JSON": "shapes/annotations/instances_val.json", "IMAGES": "shapes/val"}
+    ]
     register_from_cfg(cfg)
     info = get_dataset("rel_val")
     assert info.json_file == os.path.join(shapes_root, "shapes/annotations/instances_val.json")
-    assert info.thing_classes == ["circle", "triangle", "rectangle", "star"] and info.num_classes == 4
+    assert (
+        info.thing_classes == ["circle", "triangle", "rectangle", "star"] and info.num_classes == 4
+    )
     assert info.category_id_to_contiguous == {1: 0, 2: 1, 3: 2, 4: 3}
 
     with pytest.raises(KeyError, match="did you mean 'shapes_train'") as error:
@@ -201,7 +212,13 @@ def test_custom_datasets_relative_to_the_root_and_registry_errors(shapes_root):
     cfg.DATASETS.CUSTOM = [{"NAME": "x", "JSON": "a.json"}]
     with pytest.raises(ValueError, match=r"CUSTOM\[0\].*IMAGES"):
         register_from_cfg(cfg)
-    cfg.DATASETS.CUSTOM = [{"NAME": "rel_val", "JSON": "shapes/annotations/instances_train.json", "IMAGES": "shapes/train"}]
+    cfg.DATASETS.CUSTOM = [
+        {
+            "NAME": "rel_val",
+            "JSON": "shapes/annotations/instances_train.json",
+            "IMAGES": "shapes/train",
+        }
+    ]
     register_from_cfg(cfg)  # the config replaces its own earlier entry
     assert get_dataset("rel_val").image_root == os.path.join(shapes_root, "shapes/train")
     cfg.DATASETS.CUSTOM = [{"NAME": "shapes_val", "JSON": "other.json", "IMAGES": "shapes/val"}]

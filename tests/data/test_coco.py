@@ -11,7 +11,12 @@ import pycocotools.mask as mask_util
 import pytest
 from pycocotools.coco import COCO
 
-from idip.data.coco import filter_empty_annotations, load_coco_json, read_categories, segmentation_to_mask
+from idip.data.coco import (
+    filter_empty_annotations,
+    load_coco_json,
+    read_categories,
+    segmentation_to_mask,
+)
 
 H, W = 20, 30
 
@@ -40,20 +45,62 @@ def _write_dataset(tmp_path) -> tuple[str, str]:
     compressed["counts"] = compressed["counts"].decode("ascii")
     annotations = [
         # polygon square; ids 0 and duplicates are fine
-        {"id": 0, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 6], "iscrowd": 0,
-         "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]]},
-        {"id": 0, "image_id": 1, "category_id": 10, "bbox": [0, 3, 25, 9], "iscrowd": 0,
-         "segmentation": _uncompressed_rle(_known_mask())},
-        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [0, 8, 25, 9], "iscrowd": 0,
-         "segmentation": compressed},
-        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [4, 4, 0, 5], "iscrowd": 0,
-         "segmentation": [[4, 4, 4, 9, 4, 4]]},  # zero width
-        {"id": 6, "image_id": 1, "category_id": 3, "bbox": [4, 4, 3, -1], "iscrowd": 0,
-         "segmentation": [[4, 4, 7, 4, 7, 3]]},  # negative height
-        {"id": 7, "image_id": 1, "category_id": 3, "bbox": [20, 5, 20, 5], "iscrowd": 0,
-         "segmentation": [[20, 5, 40, 5, 40, 10, 20, 10]]},  # half outside the image
-        {"id": 8, "image_id": 2, "category_id": 7, "bbox": [1, 1, 5, 5], "iscrowd": 1,
-         "segmentation": _uncompressed_rle(_known_mask())},  # the only annotation of image 2
+        {
+            "id": 0,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [2, 2, 10, 6],
+            "iscrowd": 0,
+            "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]],
+        },
+        {
+            "id": 0,
+            "image_id": 1,
+            "category_id": 10,
+            "bbox": [0, 3, 25, 9],
+            "iscrowd": 0,
+            "segmentation": _uncompressed_rle(_known_mask()),
+        },
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0, 8, 25, 9],
+            "iscrowd": 0,
+            "segmentation": compressed,
+        },
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [4, 4, 0, 5],
+            "iscrowd": 0,
+            "segmentation": [[4, 4, 4, 9, 4, 4]],
+        },  # zero width
+        {
+            "id": 6,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [4, 4, 3, -1],
+            "iscrowd": 0,
+            "segmentation": [[4, 4, 7, 4, 7, 3]],
+        },  # negative height
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [20, 5, 20, 5],
+            "iscrowd": 0,
+            "segmentation": [[20, 5, 40, 5, 40, 10, 20, 10]],
+        },  # half outside the image
+        {
+            "id": 8,
+            "image_id": 2,
+            "category_id": 7,
+            "bbox": [1, 1, 5, 5],
+            "iscrowd": 1,
+            "segmentation": _uncompressed_rle(_known_mask()),
+        },  # the only annotation of image 2
     ]
     data = {
         "images": [
@@ -62,7 +109,11 @@ def _write_dataset(tmp_path) -> tuple[str, str]:
             {"id": 3, "file_name": "c.png", "height": H, "width": W},
         ],
         "annotations": annotations,
-        "categories": [{"id": 10, "name": "ten"}, {"id": 3, "name": "three"}, {"id": 7, "name": "seven"}],
+        "categories": [
+            {"id": 10, "name": "ten"},
+            {"id": 3, "name": "three"},
+            {"id": 7, "name": "seven"},
+        ],
     }
     json_file = str(tmp_path / "instances.json")
     with open(json_file, "w") as f:
@@ -98,8 +149,12 @@ def test_records_polygons_rle_crowd_and_dropped_boxes(tmp_path, caplog):
         mask = segmentation_to_mask(ann["segmentation"], H, W)
         assert mask.dtype == bool and mask.shape == (H, W)
         assert np.array_equal(mask, expected.astype(bool))
-    assert np.array_equal(segmentation_to_mask(anns[1]["segmentation"], H, W), _known_mask().astype(bool))
-    assert np.array_equal(segmentation_to_mask(anns[2]["segmentation"], H, W), _known_mask()[::-1].astype(bool))
+    assert np.array_equal(
+        segmentation_to_mask(anns[1]["segmentation"], H, W), _known_mask().astype(bool)
+    )
+    assert np.array_equal(
+        segmentation_to_mask(anns[2]["segmentation"], H, W), _known_mask()[::-1].astype(bool)
+    )
     outside = segmentation_to_mask(anns[3]["segmentation"], H, W)
     assert outside[:, :20].sum() == 0 and outside[5:10, 21:30].all()
 

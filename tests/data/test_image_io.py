@@ -14,7 +14,8 @@ from idip.data.image_io import ImageReadError, read_image
 def _pattern() -> np.ndarray:
     """A 2x3 pattern of distinct colours (h=2, w=3)."""
     return np.array(
-        [[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[255, 255, 0], [0, 255, 255], [255, 0, 255]]], dtype=np.uint8
+        [[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[255, 255, 0], [0, 255, 255], [255, 0, 255]]],
+        dtype=np.uint8,
     )
 
 
@@ -33,7 +34,9 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_grayscale_rgba_palette_cmyk_become_rgb(tmp_path):
     gray = np.array([[0, 100], [200, 255]], dtype=np.uint8)
     Image.fromarray(gray, mode="L").save(tmp_path / "gray.png")
-    assert np.array_equal(read_image(str(tmp_path / "gray.png")), np.repeat(gray[..., None], 3, axis=2))
+    assert np.array_equal(
+        read_image(str(tmp_path / "gray.png")), np.repeat(gray[..., None], 3, axis=2)
+    )
 
     rgba = np.concatenate([_pattern(), np.full((2, 3, 1), 7, np.uint8)], axis=2)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
@@ -48,12 +51,16 @@ def test_grayscale_rgba_palette_cmyk_become_rgb(tmp_path):
     cmyk = Image.new("CMYK", (3, 1))
     cmyk.putdata([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)])  # white, cyan, black
     cmyk.save(tmp_path / "cmyk.tif")
-    assert read_image(str(tmp_path / "cmyk.tif")).tolist() == [[[255, 255, 255], [0, 255, 255], [0, 0, 0]]]
+    assert read_image(str(tmp_path / "cmyk.tif")).tolist() == [
+        [[255, 255, 255], [0, 255, 255], [0, 0, 0]]
+    ]
 
 
 def test_truncated_garbage_and_missing_files_name_the_file(tmp_path):
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, format="PNG"
+    )
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ImageReadError, match="truncated.png"):

@@ -17,12 +17,17 @@ def _take(iterable, n):
 @pytest.mark.parametrize("size", [10, 7])
 def test_ranks_take_disjoint_shares_of_each_epoch(size):
     world = 2
-    streams = [_take(TrainingSampler(size, seed=3, rank=r, world_size=world), 3 * size) for r in range(world)]
+    streams = [
+        _take(TrainingSampler(size, seed=3, rank=r, world_size=world), 3 * size)
+        for r in range(world)
+    ]
     positions = sorted(p for stream in streams for _, p in stream)
     assert len(set(positions)) == len(positions)  # no global position produced twice
     by_position = {p: i for stream in streams for i, p in stream}
     for epoch in range(2):  # every complete epoch is a permutation of the dataset
-        assert sorted(by_position[p] for p in range(epoch * size, (epoch + 1) * size)) == list(range(size))
+        assert sorted(by_position[p] for p in range(epoch * size, (epoch + 1) * size)) == list(
+            range(size)
+        )
     assert [i for i, _ in streams[0][:3]] != [i for i, _ in streams[1][:3]]
 
 
@@ -37,7 +42,10 @@ def test_order_depends_on_seed_and_epoch_only():
 def test_start_continues_the_stream_without_replay():
     full = _take(TrainingSampler(13, seed=4, rank=1, world_size=3), 40)
     for start in (1, 12, 27):
-        assert _take(TrainingSampler(13, seed=4, rank=1, world_size=3, start=start), 40 - start) == full[start:]
+        assert (
+            _take(TrainingSampler(13, seed=4, rank=1, world_size=3, start=start), 40 - start)
+            == full[start:]
+        )
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -46,7 +54,10 @@ def test_batch_sampler_resumes_at_any_batch(grouped):
     sampler = TrainingSampler(23, seed=9, rank=0, world_size=2)
     full = _take(TrainBatchSampler(sampler, 4, groups), 30)
     for start in (1, 7, 20):
-        assert _take(TrainBatchSampler(sampler, 4, groups, start_batch=start), 30 - start) == full[start:]
+        assert (
+            _take(TrainBatchSampler(sampler, 4, groups, start_batch=start), 30 - start)
+            == full[start:]
+        )
     if grouped:
         assert all(len({int(groups[i]) for i, _ in batch}) == 1 for batch in full)
         assert {int(groups[batch[0][0]]) for batch in full} == {0, 1}

@@ -49,7 +49,9 @@ def test_rendering_does_not_depend_on_the_process_split():
 def test_annotations_are_consistent_with_their_masks(shapes_root):
     _, data, pixels = _load(shapes_root, "train")
     assert len(data["images"]) == NUM_TRAIN
-    assert [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])] == list(CLASS_NAMES)
+    assert [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])] == list(
+        CLASS_NAMES
+    )
     by_image: dict[int, list] = {}
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -66,7 +68,12 @@ def test_annotations_are_consistent_with_their_masks(shapes_root):
             assert mask.shape == (image["height"], image["width"])
             assert ann["area"] == mask.sum() >= 20
             ys, xs = np.nonzero(mask)
-            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert ann["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
             union += mask
             seen_classes.add(ann["category_id"])
         assert union.max() <= 1, "visible masks of one image must not overlap"
@@ -93,7 +100,9 @@ def test_get_dataset_generates_shapes_once_under_a_lock(tmp_path, monkeypatch):
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(shapes, "generate_split", counting_generate)
-    threads = [threading.Thread(target=shapes.ensure_shapes, args=(str(tmp_path), "val")) for _ in range(3)]
+    threads = [
+        threading.Thread(target=shapes.ensure_shapes, args=(str(tmp_path), "val")) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

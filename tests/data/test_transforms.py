@@ -9,7 +9,12 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
-from idip.data.transforms import GeometricTransform, ResizeFlipAugmentation, resized_shape, sample_short_edge
+from idip.data.transforms import (
+    GeometricTransform,
+    ResizeFlipAugmentation,
+    resized_shape,
+    sample_short_edge,
+)
 
 
 def test_resized_shape_hand_computed():
@@ -65,7 +70,9 @@ def test_mask_round_trip_resize_flip_rle_within_one_pixel(out_size):
     expected_box = torch.tensor([ecx - er, ecy - er, ecx + er, ecy + er])
     assert torch.allclose(box, expected_box, atol=1e-3)
     ys_m, xs_m = np.nonzero(decoded)
-    mask_box = torch.tensor([xs_m.min(), ys_m.min(), xs_m.max() + 1, ys_m.max() + 1], dtype=torch.float32)
+    mask_box = torch.tensor(
+        [xs_m.min(), ys_m.min(), xs_m.max() + 1, ys_m.max() + 1], dtype=torch.float32
+    )
     assert (mask_box - box).abs().max() <= 1.0
 
 
@@ -99,7 +106,12 @@ def test_mask_resize_equals_torch_nearest_exact(sizes, hflip):
     h, w, oh, ow = sizes
     masks = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) > 0.5
     out = GeometricTransform(h, w, oh, ow, hflip).apply_masks(masks)
-    expected = torch.nn.functional.interpolate(masks[:, None].float(), size=(oh, ow), mode="nearest-exact")[:, 0] > 0.5
+    expected = (
+        torch.nn.functional.interpolate(
+            masks[:, None].float(), size=(oh, ow), mode="nearest-exact"
+        )[:, 0]
+        > 0.5
+    )
     if hflip:
         expected = expected.flip(-1)
     assert out.dtype == torch.bool and torch.equal(out, expected)
