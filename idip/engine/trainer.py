@@ -209,7 +209,7 @@ class Trainer:
         self.events = events
         results: dict[str, Any] = {}
         try:
-            loader = iter(self.build_train_loader(cfg, self.start_iter * self.accum_steps))
+            loader = self._isolated(lambda: iter(self.build_train_loader(cfg, self.start_iter * self.accum_steps)))
             self.model.train()
             logger.info("starting training at iteration %d of %d", self.start_iter, self.max_iter)
             for iteration in range(self.start_iter, self.max_iter):
@@ -248,7 +248,7 @@ class Trainer:
         data_time = 0.0
         for micro in range(self.accum_steps):
             t0 = time.perf_counter()
-            batch = next(loader)
+            batch = self._isolated(lambda: next(loader))
             data_time += time.perf_counter() - t0
             last = micro == self.accum_steps - 1
             sync = contextlib.nullcontext()
@@ -270,6 +270,18 @@ class Trainer:
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return sums, data_time
+
+    @staticmethod
+    def _isolated(fn):
+        """Runs ``fn`` without letting it advance the global torch CPU generator.
+
+        torch's DataLoader draws its base seed from that generator when an iterator starts (which
+        the loader may do lazily, on its first batch); the data pipeline's randomness is a function
+        of (SEED, position) anyway, and keeping the model's random stream apart from it is what
+        makes a resumed run continue exactly.
+        """
+        with torch.random.fork_rng(devices=[]):
+            return fn()
 
     @staticmethod
     def _check_losses(loss_dict: Any, iteration: int) -> torch.Tensor:

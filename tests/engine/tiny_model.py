@@ -17,8 +17,8 @@ from idip.engine.distributed import get_rank, get_world_size
 from idip.engine.trainer import Trainer
 from idip.modeling.build import register_meta_arch
 
-NUM_CLASSES = 3
-CLASS_COLORS = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 40, 220]], dtype=torch.uint8)
+NUM_CLASSES = 4  # as many as the shapes dataset has
+CLASS_COLORS = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]], dtype=torch.uint8)
 
 
 @register_meta_arch("TinyTestModel")
