@@ -21,8 +21,16 @@ from torch import nn
 from ..config import CfgNode, ConfigError
 from ..config.setup import dump_cfg
 from ..modeling.build import build_model, resolve_device
-from .checkpoint import Checkpointer, load_weights, read_checkpoint, unwrap_model
-from .distributed import all_gather, get_rank, get_world_size, init_distributed, is_main_process, reduce_dict
+from .checkpoint import CheckpointError, Checkpointer, load_weights, read_checkpoint, unwrap_model
+from .distributed import (
+    all_gather,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    reduce_dict,
+)
 from .evaluate import evaluate_datasets
 from .events import TrainingEvents
 from .logger import setup_logger
@@ -153,11 +161,26 @@ class Trainer:
         return _AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
 
     def _find_resume_checkpoint(self, cfg: CfgNode) -> tuple[str | None, dict | None]:
-        probe = Checkpointer(nn.Module(), cfg.OUTPUT_DIR, cfg.MODEL.META_ARCHITECTURE)
-        path = probe.last_checkpoint_path()
+        # Rank 0 decides, so that every rank resumes from the same file (or none does).
+        found: tuple[str | None, str | None] = (None, None)
+        if is_main_process():
+            try:
+                found = (Checkpointer(nn.Module(), cfg.OUTPUT_DIR, cfg.MODEL.META_ARCHITECTURE).last_checkpoint_path(), None)
+            except CheckpointError as err:
+                found = (None, str(err))
+        path, error = broadcast_object(found)
+        if error:
+            raise CheckpointError(error)
         if path is None:
-            logger.info("no %s in %s: starting from scratch", "last_checkpoint", cfg.OUTPUT_DIR)
+            logger.info("no last_checkpoint in %s: starting from scratch", cfg.OUTPUT_DIR)
             return None, None
+        visible = all_gather(os.path.isfile(path))
+        if not all(visible):
+            blind = [rank for rank, ok in enumerate(visible) if not ok]
+            raise CheckpointError(
+                f"rank(s) {blind} cannot read {path}: to resume, OUTPUT_DIR must be on a file "
+                "system shared by every node"
+            )
         return path, read_checkpoint(path)
 
     @staticmethod
