@@ -26,7 +26,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint when it exists"
     )
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "--resume" in args.opts:  # given after the overrides, where argparse leaves it in opts
+        args.opts.remove("--resume")
+        args.resume = True
+    return args
 
 
 def main(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> int:

@@ -15,7 +15,6 @@ import idip.engine.checkpoint as ckpt_mod
 from idip.engine.checkpoint import (
     CheckpointError,
     Checkpointer,
-    atomic_write,
     load_weights,
     read_checkpoint,
 )

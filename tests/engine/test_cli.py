@@ -12,7 +12,7 @@ import demo
 import eval as eval_cli
 from idip.config import setup_cfg
 from idip.engine.cli import run_cli
-from idip.engine.evaluate import evaluation_available
+from tests.engine.conftest import preserved_process_state
 from tests.engine.tiny_model import TinyTrainer, make_sample, tiny_cfg_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
-    TinyTrainer(setup_cfg(None, tiny_cfg_opts(str(out), 2))).train()
+    with preserved_process_state():
+        TinyTrainer(setup_cfg(None, tiny_cfg_opts(str(out), 2))).train()
     return out
 
 
