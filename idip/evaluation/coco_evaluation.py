@@ -70,9 +70,9 @@ class COCOEvaluator:
         self.distributed = distributed
         self.per_category = per_category
         self._json_file = json_file
-        self._contiguous_to_category_id = (
-            None if contiguous_to_category_id is None else [int(c) for c in contiguous_to_category_id]
-        )
+        self._contiguous_to_category_id = None
+        if contiguous_to_category_id is not None:
+            self._contiguous_to_category_id = [int(c) for c in contiguous_to_category_id]
         self._class_names: list[str] | None = None
         self._coco_gt = None
         self._predictions: list[dict[str, Any]] = []
@@ -143,9 +143,8 @@ class COCOEvaluator:
             if "image_id" not in sample:
                 raise KeyError("COCOEvaluator.process: an input sample has no 'image_id'")
             image_id = int(sample["image_id"])
-            self._predictions.append(
-                {"image_id": image_id, "instances": _to_coco_results(image_id, output, sample, mapping)}
-            )
+            instances = _to_coco_results(image_id, output, sample, mapping)
+            self._predictions.append({"image_id": image_id, "instances": instances})
 
     # -- scoring --------------------------------------------------------------------------------
 

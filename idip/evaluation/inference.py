@@ -35,7 +35,9 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def inference_on_dataset(model: nn.Module, loader: Iterable[list[dict]], evaluator: Evaluator) -> dict:
+def inference_on_dataset(
+    model: nn.Module, loader: Iterable[list[dict]], evaluator: Evaluator
+) -> dict:
     """Runs ``model`` in eval mode over ``loader`` and returns ``evaluator.evaluate()``.
 
     Every rank runs its own shard (the test loader gives each image to exactly one rank); the

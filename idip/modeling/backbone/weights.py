@@ -99,7 +99,8 @@ def _read_pickle(path: str) -> Any:
             raise CheckpointError(f"cannot load weights file '{path}': {e}") from None
         except Exception as e:  # truncated or not a pickle at all
             raise CheckpointError(
-                f"cannot load weights file '{path}': not a readable pickle ({type(e).__name__}: {e})"
+                f"cannot load weights file '{path}': not a readable pickle "
+                f"({type(e).__name__}: {e})"
             ) from None
 
 
@@ -137,7 +138,9 @@ _ROOT_PATTERNS = {
     "caffe2": re.compile(r"(conv1_[wb]$|res_conv1_bn_|res[2-5]_\d+_branch|fc1000_)"),
 }
 # A prefix that itself ends inside a ResNet (a block, the stem) is never the backbone's root.
-_INNER_PREFIX = re.compile(r"(^|\.)((layer[1-4]|res[2-5])\.\d+|stem|downsample(\.\d+)?|shortcut)\.$")
+_INNER_PREFIX = re.compile(
+    r"(^|\.)((layer[1-4]|res[2-5])\.\d+|stem|downsample(\.\d+)?|shortcut)\.$"
+)
 _FPN_KEY = re.compile(r"(fpn_lateral\d+|fpn_output\d+|top_block\.p[67])\.")
 _NORM_FIELDS = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 _C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
@@ -334,7 +337,9 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping) -> LoadReport:
+def load_backbone_weights(
+    module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping
+) -> LoadReport:
     """Loads pretrained backbone weights into the ResNet (and FPN) found in ``module``.
 
     Args:
@@ -376,7 +381,8 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
         if _as_tensor(value) is None:
             report.ignored.append(key)
             continue
-        if fpn_root is not None and key.startswith(fpn_root) and _FPN_KEY.match(key[len(fpn_root):]):
+        in_fpn = fpn_root is not None and key.startswith(fpn_root)
+        if in_fpn and _FPN_KEY.match(key[len(fpn_root):]):
             if fpn is None:
                 report.unexpected.append(key)
             else:
@@ -400,18 +406,27 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
             plan[key] = (name, resnet)
 
     caffe_style = _caffe_style(scheme, meta, detectron2_names)
-    if caffe_style is not None and resnet.depth >= 50 and caffe_style != resnet.stride_in_1x1:
-        if caffe_style:
-            raise CheckpointError(
-                f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
-                "conv) but the ResNet was built with stride_in_1x1=False; build it with "
-                "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
-            )
+    bottleneck = resnet.depth >= 50
+    if caffe_style is True and bottleneck and not resnet.stride_in_1x1:
         raise CheckpointError(
-            f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) but "
-            "the ResNet was built with stride_in_1x1=True; build it with stride_in_1x1=False "
-            "(MODEL.RESNETS.STRIDE_IN_1X1 False)"
+            f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
+            "conv) but the ResNet was built with stride_in_1x1=False; build it with "
+            "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
         )
+    if caffe_style is False and bottleneck and resnet.stride_in_1x1:
+        if scheme == "torchvision":
+            # This package's own ResNet also uses torchvision names, whatever its stride
+            # convention, so torchvision names alone do not prove torchvision weights.
+            report.notes.append(
+                "WARNING: torchvision-named weights (torchvision models put the bottleneck "
+                "stride on the 3x3 conv) loaded into a ResNet with stride_in_1x1=True"
+            )
+        else:
+            raise CheckpointError(
+                f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) "
+                "but the ResNet was built with stride_in_1x1=True; build it with "
+                "stride_in_1x1=False (MODEL.RESNETS.STRIDE_IN_1X1 False)"
+            )
     if caffe_style is None and scheme == "detectron2" and resnet.depth >= 50:
         report.notes.append(
             f"stride convention of {source} unknown (author {meta.get('__author__')!r}); "
@@ -468,7 +483,7 @@ def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fill_folded_norm_stats(resnet: ResNet, loaded: set[str]) -> int:
-    """Sets mean 0 and var 1-eps where a norm got weight/bias but no running stats; returns count."""
+    """Sets mean 0, var 1-eps where a norm got weight/bias but no running stats; returns count."""
     count = 0
     for name, norm in resnet.named_modules():
         if not hasattr(norm, "running_var") or not isinstance(norm.running_var, torch.Tensor):
@@ -486,4 +501,5 @@ def _log(report: LoadReport) -> None:
     level = logging.INFO if report.ok else logging.WARNING
     logger.log(level, "%s", report)
     for note in report.notes:
-        logger.info("backbone weights: %s", note)
+        logger.log(logging.WARNING if note.startswith("WARNING") else logging.INFO,
+                   "backbone weights: %s", note)
