@@ -150,11 +150,11 @@ def _caffe2_to_detectron2(name: str) -> str | None:
     """Caffe2 blob name -> detectron2 name; None for blobs with no ResNet counterpart (fc)."""
     if m := re.fullmatch(r"conv1_([wb])", name):
         return "stem.conv1." + ("weight" if m[1] == "w" else "bias")
-    if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name):
+    if m := re.fullmatch(r"res_conv1_[bg]n_(s|b|rm|riv)", name):
         return "stem.conv1.norm." + _NORM_FIELDS[m[1]]
     if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_([wb])", name):
         return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}." + ("weight" if m[4] == "w" else "bias")
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_bn_(s|b|rm|riv)", name):
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_[bg]n_(s|b|rm|riv)", name):
         return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}.norm.{_NORM_FIELDS[m[4]]}"
     return None
 
@@ -311,10 +311,13 @@ def _find_target(module: nn.Module) -> tuple[str, ResNet, str | None, FPN | None
     return prefix, resnet, fpn_prefix, fpn
 
 
-def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str]) -> bool | None:
-    """True for MSRA/Caffe2 weights, False for torchvision-style ones, None when unknown."""
+def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str], keys: list[str],
+                 target_norm: str) -> bool | None:
+    """True for MSRA-style weights (stride in the 1x1), False for torchvision-style ones (stride
+    in the 3x3), None when the checkpoint does not tell."""
     if scheme == "caffe2":
-        return True
+        # Detectron's GroupNorm ImageNet models (FAIR, "_gn_" blobs) put the stride in the 3x3.
+        return None if any("_gn_" in k for k in keys) else True
     if scheme == "torchvision":
         return False
     author = str(meta.get("__author__", "")).lower()
@@ -324,8 +327,8 @@ def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str]) -> bool | 
         return False
     has_norm = any(".norm.weight" in n for n in names)
     has_stats = any(n.endswith(".norm.running_mean") for n in names)
-    if has_norm and not has_stats:
-        return True
+    if has_norm and not has_stats and target_norm not in ("GN", ""):
+        return True  # batch norms folded into scale and shift: the MSRA release format
     return None
 
 
@@ -378,7 +381,7 @@ def load_backbone_weights(
     detectron2_names: list[str] = []
     fpn_root = root[: -len("bottom_up.")] if root.endswith("bottom_up.") else None
     for key, value in weights.items():
-        if _as_tensor(value) is None:
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
             report.ignored.append(key)
             continue
         in_fpn = fpn_root is not None and key.startswith(fpn_root)
@@ -405,7 +408,9 @@ def load_backbone_weights(
         else:
             plan[key] = (name, resnet)
 
-    caffe_style = _caffe_style(scheme, meta, detectron2_names)
+    caffe_style = _caffe_style(scheme, meta, detectron2_names, list(weights), resnet.norm)
+    # Caffe2-era weights were trained on BGR images with pixel std 1 and store folded norms.
+    caffe_input = caffe_style is True or scheme == "caffe2"
     bottleneck = resnet.depth >= 50
     if caffe_style is True and bottleneck and not resnet.stride_in_1x1:
         raise CheckpointError(
@@ -443,7 +448,7 @@ def load_backbone_weights(
                 report.unexpected.append(key)
                 continue
             value = _as_tensor(weights[key])
-            if caffe_style and owner is resnet and name == "conv1.weight" and value.dim() == 4:
+            if caffe_input and owner is resnet and name == "conv1.weight" and value.dim() == 4:
                 value = value.flip(1)  # BGR -> RGB input channels
                 report.notes.append("flipped conv1 input channels from BGR to RGB")
             if tuple(value.shape) != tuple(target.shape):
@@ -454,7 +459,7 @@ def load_backbone_weights(
             loaded_rel[id(owner)].add(name)
             report.loaded.append(full_name[id(owner)] + name)
 
-        if caffe_style:
+        if caffe_input:
             filled = _fill_folded_norm_stats(resnet, loaded_rel[id(resnet)])
             if filled:
                 report.notes.append(

@@ -371,3 +371,24 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_module_without_resnet():
     with pytest.raises(CheckpointError, match="no ResNet"):
         load_backbone_weights(nn.Linear(2, 2), {"conv1.weight": torch.zeros(1)})
+
+
+def test_caffe2_groupnorm_blobs_load_without_a_stride_verdict():
+    torch.manual_seed(4)
+    source = ResNet(50, out_features=SMALL, norm="GN").eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in source.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.0, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+    blobs = {}
+    for key, value in source.state_dict().items():
+        if key == "conv1.weight":
+            value = value[:, [2, 1, 0]]  # stored for BGR input
+        blobs[torchvision_to_caffe2(key).replace("_bn_", "_gn_")] = value.numpy()
+    assert "res2_0_branch2a_gn_s" in blobs
+    model = ResNet(50, out_features=SMALL, norm="GN").eval()
+    report = load_backbone_weights(model, blobs)
+    assert report.ok and report.format == "caffe2", str(report)
+    torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"])
