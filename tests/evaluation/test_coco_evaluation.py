@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 import sys
 
 import numpy as np
@@ -258,3 +259,16 @@ def test_inference_on_dataset(coco_json):
     assert model.calls == 2 and model.training
     assert metrics["bbox"]["AP"] == pytest.approx(100.0)
     assert metrics["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_metadata_from_the_dataset_registry(coco_json):
+    from idip.data.datasets import register_coco_dataset
+
+    register_coco_dataset("tiny_eval_test", coco_json, os.path.dirname(coco_json), overwrite=True)
+    evaluator = COCOEvaluator("tiny_eval_test", distributed=False)
+    assert evaluator.contiguous_to_category_id == CATEGORY_IDS
+    inputs, outputs = ground_truth_predictions(coco_json)
+    evaluator.process(inputs, outputs)
+    metrics = evaluator.evaluate()
+    assert metrics["segm"]["AP"] == pytest.approx(100.0)
+    assert metrics["segm"]["AP-triangle"] == pytest.approx(100.0)
