@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("config key 'DATASETS.TEST' is empty; name the dataset(s) to evaluate on")
     model = build_model(cfg)
     logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE))
-    results = evaluate_datasets(cfg, model)
+    results = evaluate_datasets(cfg, model, log_tables=False)
     if is_main_process():
         for name, tasks in results.items():
             print(f"\n{name}:\n{format_ap_table(tasks or {})}")

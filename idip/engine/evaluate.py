@@ -32,12 +32,17 @@ def format_ap_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_datasets(cfg, model: nn.Module) -> dict[str, Any]:
+def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[str, Any]:
     """Runs ``inference_on_dataset`` + ``COCOEvaluator`` on each of ``cfg.DATASETS.TEST``.
 
     The model is evaluated in eval mode (and put back in its previous mode), without DDP, and the
     global random-number generators are restored afterwards so that evaluating during training
     does not change the training that follows.
+
+    Args:
+        cfg: the config (DATASETS.TEST, OUTPUT_DIR, test loader keys).
+        model: the model, possibly DDP-wrapped.
+        log_tables: log an AP table per dataset on rank 0.
 
     Returns:
         ``{dataset_name: {"bbox": {"AP": ...}, "segm": {...}}}`` (AP in percent); empty when
@@ -61,7 +66,7 @@ def evaluate_datasets(cfg, model: nn.Module) -> dict[str, Any]:
             evaluator = COCOEvaluator(name, output_dir=out_dir, distributed=True)
             with torch.no_grad():
                 results[name] = inference_on_dataset(net, loader, evaluator)
-            if is_main_process():
+            if log_tables and is_main_process():
                 logger.info("evaluation on %s:\n%s", name, format_ap_table(results[name] or {}))
     finally:
         net.train(was_training)

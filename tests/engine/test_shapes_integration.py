@@ -11,9 +11,9 @@ import eval as eval_cli
 from idip.config import setup_cfg
 from idip.data.shapes import generate_split, shapes_paths
 from idip.engine.cli import run_cli
-from idip.engine.evaluate import evaluation_available
+from idip.engine.evaluate import evaluate_datasets, evaluation_available
 from idip.engine.trainer import Trainer
-from tests.engine.tiny_model import tiny_cfg_opts  # noqa: F401  (registers TinyTestModel)
+from tests.engine.tiny_model import TinyTestModel, tiny_cfg_opts
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,30 @@ def test_eval_cli_prints_ap_tables(shapes_root, tmp_path, capsys):
 
 
 @pytest.mark.skipif(evaluation_available() is not None, reason=f"idip.evaluation: {evaluation_available()}")
-def test_final_evaluation_in_training_keeps_rng(shapes_root, tmp_path):
+def test_final_evaluation_in_training(shapes_root, tmp_path):
     trainer = Trainer(_cfg(shapes_root, tmp_path, 2, **{"DATASETS.TEST": ("mini_val",)}))
     results = trainer.train()
     assert set(results["mini_val"]) >= {"bbox", "segm"}
     records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert "eval/mini_val/segm/AP" in records[-1]
     assert os.path.isdir(tmp_path / "inference" / "mini_val")
+
+
+class NoisyInference(TinyTestModel):
+    """Draws random numbers at inference, as IDIP does for its initial boxes."""
+
+    def forward(self, batch):
+        if not self.training:
+            torch.randn(10)
+        return super().forward(batch)
+
+
+@pytest.mark.skipif(evaluation_available() is not None, reason=f"idip.evaluation: {evaluation_available()}")
+def test_evaluation_leaves_training_rng_and_mode_unchanged(shapes_root, tmp_path):
+    cfg = _cfg(shapes_root, tmp_path, 1, **{"DATASETS.TEST": ("mini_val",)})
+    model = NoisyInference(cfg).train()
+    state = torch.get_rng_state()
+    results = evaluate_datasets(cfg, model)
+    assert "segm" in results["mini_val"]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.training
