@@ -169,9 +169,11 @@ def test_training_aborts_when_too_many_images_fail(shapes_root, corrupt_copy):
         _batches(build_train_loader(cfg), 2 * NUM_TRAIN // 4)
 
 
-def test_corrupt_image_is_an_error_in_evaluation(shapes_root, corrupt_copy):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_an_error_in_evaluation(shapes_root, corrupt_copy, workers):
     json_file, images, bad = corrupt_copy
     cfg = tiny_cfg(shapes_root, train_json=json_file, train_images=images)
+    cfg.DATALOADER.NUM_WORKERS = workers
     with pytest.raises(ImageReadError, match="000003.png"):
         for _ in build_test_loader(cfg, "tiny_train"):
             pass
