@@ -78,6 +78,14 @@ def test_start_iter_gives_the_batches_of_an_uninterrupted_run(shapes_root, group
     assert not _same_batches(full[:3], _batches(build_train_loader(cfg), 3))
 
 
+def test_start_iter_counts_iterations_of_grad_accum_steps_batches(shapes_root):
+    cfg = tiny_cfg(shapes_root)
+    cfg.SOLVER.GRAD_ACCUM_STEPS = 2  # 4 images per iteration = 2 forward passes of 2
+    full = _batches(build_train_loader(cfg), 6)
+    assert all(len(b) == 2 for b in full)
+    assert _same_batches(full[4:], _batches(build_train_loader(cfg, start_iter=2), 2))
+
+
 def test_workers_give_the_same_batches(shapes_root):
     cfg = tiny_cfg(shapes_root)
     in_process = _batches(build_train_loader(cfg, start_iter=2), 3)
