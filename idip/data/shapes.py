@@ -305,3 +305,26 @@ def ensure_shapes(
             )
             generate_split(root, split, count, seed=seed)
     return json_file, folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m idip.data.shapes [--root DIR]``: generates both splits ahead of time."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Generate the synthetic shapes dataset.")
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("IDIP_DATASETS") or "./datasets",
+        help="datasets root; the data goes to <root>/shapes",
+    )
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_IMAGES["train"])
+    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_IMAGES["val"])
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    for split, count in (("train", args.num_train), ("val", args.num_val)):
+        json_file, _ = ensure_shapes(args.root, split, num_images=count, seed=args.seed)
+        print(f"shapes_{split}: {json_file}")
+
+
+if __name__ == "__main__":
+    main()
