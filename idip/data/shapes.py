@@ -114,7 +114,7 @@ def _polygon_mask(vertices: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int) -> np.ndarray:
-    radius = math.exp(rng.uniform(math.log(5.0), math.log(0.4 * min(h, w))))
+    radius = math.exp(rng.uniform(math.log(7.0), math.log(0.5 * min(h, w))))
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     angle = rng.uniform(0, 2 * math.pi)
     name = CLASS_NAMES[label]
