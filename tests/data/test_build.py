@@ -63,7 +63,9 @@ def test_training_samples_follow_the_contract(shapes_root):
             for box, mask in zip(inst["boxes"], inst["masks"]):
                 ys, xs = mask.nonzero(as_tuple=True)
                 mask_box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-                assert (mask_box - box).abs().max() <= 1.5
+                # the box is the annotation's, scaled; the mask is resampled nearest, which can drop
+                # the last pixels of a one-pixel-wide star tip when shrinking
+                assert (mask_box - box).abs().max() <= 2.5
 
 
 @pytest.mark.parametrize("grouping", [True, False])
