@@ -129,12 +129,13 @@ class Trainer:
                     sum(p.numel() for p in model.parameters()) / 1e6)
         return model
 
-    def build_train_loader(self, cfg: CfgNode, start_batch: int) -> Iterable[list[dict]]:
-        """The per-rank loader, positioned at loader batch ``start_batch`` (= optimizer iteration x
-        accumulation steps: every forward pass takes one loader batch)."""
+    def build_train_loader(self, cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
+        """The per-rank loader, positioned at iteration ``start_iter``: each ``next()`` gives the
+        batch of one forward pass, GRAD_ACCUM_STEPS of them per iteration, so the loader starts at
+        its batch ``start_iter * GRAD_ACCUM_STEPS``."""
         from ..data import build_train_loader
 
-        return build_train_loader(cfg, start_batch)
+        return build_train_loader(cfg, start_iter)
 
     def evaluate(self, cfg: CfgNode, model: nn.Module) -> dict[str, Any]:
         return evaluate_datasets(cfg, model)
@@ -232,7 +233,7 @@ class Trainer:
         self.events = events
         results: dict[str, Any] = {}
         try:
-            loader = self._isolated(lambda: iter(self.build_train_loader(cfg, self.start_iter * self.accum_steps)))
+            loader = self._isolated(lambda: iter(self.build_train_loader(cfg, self.start_iter)))
             self.model.train()
             logger.info("starting training at iteration %d of %d", self.start_iter, self.max_iter)
             for iteration in range(self.start_iter, self.max_iter):

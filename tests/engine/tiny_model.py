@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from idip.engine.runtime import check_batch_split
+from idip.engine.runtime import check_batch_split, grad_accum_steps
 from idip.engine.distributed import get_rank, get_world_size
 from idip.engine.trainer import Trainer
 from idip.modeling.build import register_meta_arch
@@ -98,12 +98,12 @@ def make_sample(seed: int, image_id: int = 0, height: int = 24, width: int = 32)
     }
 
 
-def synthetic_train_loader(cfg, start_batch: int = 0):
-    """Infinite per-rank batches from loader batch ``start_batch`` on (one per forward pass);
-    batch content = f(SEED, batch index, rank, slot)."""
+def synthetic_train_loader(cfg, start_iter: int = 0):
+    """Infinite per-rank batches (one per forward pass, GRAD_ACCUM_STEPS per iteration) from
+    iteration ``start_iter`` on; batch content = f(SEED, batch index, rank, slot)."""
     per_rank = check_batch_split(cfg)
     rank, world = get_rank(), get_world_size()
-    micro = start_batch
+    micro = start_iter * grad_accum_steps(cfg)
     while True:
         base = ((cfg.SEED * 1_000_003 + micro) * world + rank) * per_rank
         yield [make_sample(base + i, image_id=base + i) for i in range(per_rank)]
@@ -113,8 +113,8 @@ def synthetic_train_loader(cfg, start_batch: int = 0):
 class TinyTrainer(Trainer):
     """The real Trainer, fed by the synthetic loader."""
 
-    def build_train_loader(self, cfg, start_batch):
-        return synthetic_train_loader(cfg, start_batch)
+    def build_train_loader(self, cfg, start_iter):
+        return synthetic_train_loader(cfg, start_iter)
 
 
 def tiny_cfg_opts(output_dir: str, max_iter: int = 4, **extra) -> list[str]:
