@@ -26,7 +26,11 @@ def _torchrun(out_dir, report, max_iter=4, extra_env=None, torchrun_args=(), **o
 
 @pytest.mark.slow
 def test_two_process_training_and_restart(tmp_path):
-    report, _ = _torchrun(tmp_path / "run", tmp_path / "report.json", max_iter=4)
+    # SEED -1: rank 0 draws the seed and every rank uses it
+    report, _ = _torchrun(tmp_path / "run", tmp_path / "report.json", max_iter=4, SEED=-1)
+    seed = report["ranks"][0]["seed"]
+    assert seed >= 0 and report["ranks"][1]["seed"] == seed
+    assert f"SEED: {seed}" in open(tmp_path / "run" / "config.yaml").read()
     assert report["world_size"] == 2
     ranks = report["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]
@@ -47,7 +51,7 @@ def test_two_process_training_and_restart(tmp_path):
     # resume from model_0000001.pth (iteration 1) and end with the same parameters.
     restarted, proc = _torchrun(
         tmp_path / "restart", tmp_path / "report2.json", max_iter=4,
-        extra_env={"TINY_FAIL_AT_ITER": "3"}, torchrun_args=("--max-restarts=1",),
+        extra_env={"TINY_FAIL_AT_ITER": "3"}, torchrun_args=("--max-restarts=1",), SEED=seed,
     )
     assert [r["start_iter"] for r in restarted["ranks"]] == [2, 2]
     assert restarted["ranks"][0]["params"] == ranks[0]["params"]
