@@ -34,13 +34,15 @@ def capture_rng_state() -> dict[str, Any]:
             "cached_gaussian": float(cached_gaussian),
         },
         "torch": torch.get_rng_state(),
-        "cuda": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        # Only this process's current GPU: touching the others would create a CUDA context on
+        # every visible GPU in every process.
+        "cuda": [torch.cuda.get_rng_state().cpu()] if torch.cuda.is_initialized() else [],
     }
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`capture_rng_state` returned (CUDA only when the device count matches)."""
+    """Restores what :func:`capture_rng_state` returned (the CUDA state onto the current GPU)."""
     version, internal, gauss_next = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))
     np_state = state["numpy"]
@@ -55,5 +57,5 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_states[0].cpu())
