@@ -57,3 +57,27 @@ def test_two_process_training_and_restart(tmp_path):
     assert restarted["ranks"][0]["params"] == ranks[0]["params"]
     assert restarted["ranks"][1]["params"] == ranks[0]["params"]
     assert "resumed from" in open(tmp_path / "restart" / "log.txt").read()
+
+
+def _python(out_dir, report, max_iter, extra_env=None, args=()):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_REPORT=str(report), PYTHONPATH=ROOT)
+    env.update(extra_env or {})
+    cmd = [sys.executable, SCRIPT, *args, *tiny_cfg_opts(str(out_dir), max_iter)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_killed_during_checkpoint_write_then_resume(tmp_path):
+    done = _python(tmp_path / "full", tmp_path / "full.json", 6)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # checkpoints at iterations 1, 3, 5(final): killed while writing the second (iteration 3)
+    killed = _python(tmp_path / "run", tmp_path / "unused.json", 6, extra_env={"TINY_KILL_IN_SAVE": "2"})
+    assert killed.returncode == -9
+    assert (tmp_path / "run" / "last_checkpoint").read_text().strip() == "model_0000001.pth"
+    assert not (tmp_path / "run" / "model_0000003.pth").exists()
+    resumed = _python(tmp_path / "run", tmp_path / "resumed.json", 6, args=("--resume",))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full = json.load(open(tmp_path / "full.json"))["ranks"][0]
+    again = json.load(open(tmp_path / "resumed.json"))["ranks"][0]
+    assert again["start_iter"] == 2
+    assert again["params"] == full["params"]
