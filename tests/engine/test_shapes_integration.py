@@ -4,15 +4,20 @@ exact resume through idip.data's loader (with gradient accumulation) and eval.py
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 import eval as eval_cli
 from idip.config import setup_cfg
+from idip.data.datasets import get_dataset, register_from_cfg
 from idip.data.shapes import generate_split, shapes_paths
+from idip.engine.checkpoint import Checkpointer
 from idip.engine.cli import run_cli
 from idip.engine.evaluate import evaluate_datasets, evaluation_available
 from idip.engine.trainer import Trainer
+from idip.modeling.build import register_meta_arch
 from tests.engine.tiny_model import TinyTestModel, tiny_cfg_opts
 
 
@@ -102,3 +107,43 @@ def test_evaluation_leaves_training_rng_and_mode_unchanged(shapes_root, tmp_path
     assert "segm" in results["mini_val"]
     assert torch.equal(torch.get_rng_state(), state)
     assert model.training
+
+
+@register_meta_arch("GroundTruthOracle")
+class GroundTruthOracle(torch.nn.Module):
+    """Predicts each test image's ground truth (from the annotation file) with score 1."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        register_from_cfg(cfg)
+        info = get_dataset(cfg.DATASETS.TEST[0])
+        self.coco = COCO(info.json_file)
+        self.category_to_label = {c: i for i, c in enumerate(info.contiguous_to_category_id)}
+
+    def forward(self, batch):
+        results = []
+        for sample in batch:
+            anns = [a for a in self.coco.imgToAnns[sample["image_id"]] if not a.get("iscrowd", 0)]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
+            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, sample["height"], sample["width"]))
+            results.append({
+                "boxes": boxes.float(),
+                "scores": torch.ones(len(anns)),
+                "labels": torch.tensor([self.category_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+                "masks": torch.from_numpy(masks).bool(),
+            })
+        return results
+
+
+@pytest.mark.skipif(evaluation_available() is not None, reason=f"idip.evaluation: {evaluation_available()}")
+def test_eval_cli_scores_ground_truth_predictions_100(shapes_root, tmp_path, capsys):
+    cfg = _cfg(shapes_root, tmp_path, 1, **{"MODEL.META_ARCHITECTURE": "GroundTruthOracle", "DATASETS.TEST": ("mini_val",)})
+    with open(tmp_path / "oracle.yaml", "w") as f:
+        f.write(cfg.dump())
+    weights = Checkpointer(GroundTruthOracle(cfg), str(tmp_path), "GroundTruthOracle").save("model_final", 0)
+    code = run_cli(eval_cli.main, ["--config-file", str(tmp_path / "oracle.yaml"), "MODEL.WEIGHTS", weights])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mini_val"]
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
