@@ -14,6 +14,10 @@
 
 namespace idip {
 
+// Boxes per CPU task: a box costs a few dozen flops, so smaller batches (the usual 16 x 300) run
+// on one thread; waking an OpenMP team costs more than the work, and far more on a busy machine.
+constexpr int64_t kCpuBoxesPerTask = 16384;
+
 template <typename T>
 IDIP_HOST_DEVICE T clamp01(T v) {
   return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
@@ -96,7 +100,9 @@ inline DdimCoefficients ddim_coefficients(double alpha, double alpha_next, doubl
   k.sqrt_alpha = std::sqrt(alpha);
   k.sqrt_one_minus_alpha = std::sqrt(1.0 - alpha);
   k.sqrt_alpha_next = std::sqrt(alpha_next);
-  k.sigma = eta * std::sqrt(1.0 - alpha / alpha_next) * std::sqrt((1.0 - alpha_next) / (1.0 - alpha));
+  k.sigma = eta == 0.0 ? 0.0
+                       : eta * std::sqrt(1.0 - alpha / alpha_next) *
+                             std::sqrt((1.0 - alpha_next) / (1.0 - alpha));
   const double c2 = 1.0 - alpha_next - k.sigma * k.sigma;
   // c2 is >= 0 in exact arithmetic for eta <= 1; allow rounding noise, reject a too large eta.
   TORCH_CHECK(c2 >= -1e-12, "box_ddim_step: eta = ", eta,

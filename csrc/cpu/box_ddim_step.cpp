@@ -20,7 +20,7 @@ void box_ddim_step_cpu_kernel(const scalar_t* x_t, const scalar_t* pred_boxes,
   const scalar_t c = static_cast<scalar_t>(k.c);
   const scalar_t sigma = static_cast<scalar_t>(k.sigma);
   // Images are independent; within an image the kept rows are compacted in order by one scan.
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(N, 1));
+  const int64_t grain = std::max<int64_t>(1, kCpuBoxesPerTask / std::max<int64_t>(N, 1));
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* size_b = image_size + b * 4;

@@ -60,7 +60,8 @@ def box_ddim_step(
 ) -> tuple[Tensor, Tensor]:
     """Reference of :func:`idip.ops.box_ddim_step`: DiffusionDet's ddim_sample step with box
     renewal, one image at a time (boolean indexing, then concatenation of fresh boxes)."""
-    sigma = eta * math.sqrt(1 - alpha / alpha_next) * math.sqrt((1 - alpha_next) / (1 - alpha))
+    sigma = 0.0 if eta == 0 else (
+        eta * math.sqrt(1 - alpha / alpha_next) * math.sqrt((1 - alpha_next) / (1 - alpha)))
     c = math.sqrt(max(1 - alpha_next - sigma**2, 0.0))
     n = x_t.shape[1]
     x_next = []

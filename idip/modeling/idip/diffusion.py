@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -161,28 +162,25 @@ def prepare_diffusion_targets(
     x_start = _xyxy_to_cxcywh(_pure_noise_boxes(placeholder_noise, unit, ops))
 
     counts = [int(g.shape[0]) for g in gt_boxes]
-    gt_cxcywh: list[Tensor] = []
     if sum(counts):
         all_gt = torch.cat([g.to(device=device, dtype=dtype) for g in gt_boxes])
-        image_of_gt = torch.repeat_interleave(torch.arange(B), torch.tensor(counts))
-        all_cxcywh = _xyxy_to_cxcywh(all_gt / image_size[image_of_gt.to(device)])
+        # Index bookkeeping on the host with numpy (torch's repeat_interleave runs a parallel
+        # region per call, costly for such tiny work).
+        counts_np = np.asarray(counts, dtype=np.int64)
+        offsets_np = np.cumsum(counts_np) - counts_np
+        image_of_gt = np.repeat(np.arange(B, dtype=np.int64), counts_np)
+        all_cxcywh = _xyxy_to_cxcywh(all_gt / image_size[torch.from_numpy(image_of_gt).to(device)])
         gt_cxcywh = list(all_cxcywh.split(counts))
-        # Rows of all_cxcywh that enter x_start and the flat [B*N] slots they fill: built on the
-        # host for images with at most N boxes, on the device for the (rare) random subsets.
-        host_rows, host_slots, rows, slots = [], [], [], []
-        offset = 0
-        for b, g in enumerate(counts):
-            if g > N:
-                chosen = torch.randperm(g, generator=generator, device=device)[:N].sort().values
-                rows.append(chosen + offset)
-                slots.append(torch.arange(b * N, b * N + N, device=device))
-            elif g > 0:
-                host_rows.append(torch.arange(offset, offset + g))
-                host_slots.append(torch.arange(b * N, b * N + g))
-            offset += g
-        if host_rows:
-            rows.append(torch.cat(host_rows).to(device))
-            slots.append(torch.cat(host_slots).to(device))
+        # GT rows that enter x_start and the flat [B*N] slots they fill: on the host for images
+        # with at most N boxes (all of their boxes, in order), on the device for random subsets.
+        in_full = np.repeat(counts_np <= N, counts_np)
+        rank = np.arange(len(image_of_gt), dtype=np.int64) - np.repeat(offsets_np, counts_np)
+        rows = [torch.from_numpy(np.flatnonzero(in_full)).to(device)]
+        slots = [torch.from_numpy(image_of_gt[in_full] * N + rank[in_full]).to(device)]
+        for b in np.flatnonzero(counts_np > N).tolist():
+            chosen = torch.randperm(counts[b], generator=generator, device=device)[:N].sort().values
+            rows.append(chosen + int(offsets_np[b]))
+            slots.append(torch.arange(b * N, b * N + N, device=device))
         rows_t, slots_t = torch.cat(rows), torch.cat(slots)
         x_start = x_start.reshape(B * N, 4).index_copy(0, slots_t, all_cxcywh[rows_t]).reshape(B, N, 4)
     else:
