@@ -78,6 +78,20 @@ class DiffusionSchedule(nn.Module):
         self.register_buffer("alphas", alphas, persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
         self.alphas_cumprod_host: list[float] = alphas_cumprod.tolist()
+        self._betas_host: list[float] = betas.tolist()
+        self._alphas_host: list[float] = alphas.tolist()
+
+    def _apply(self, fn, recurse=True):
+        # Follow device moves, but stay float64 through model.half() / .to(dtype): at t = T-1
+        # alphas_cumprod is ~2e-9, which half precision rounds to 0.
+        super()._apply(fn, recurse)
+        for name in ("betas", "alphas", "alphas_cumprod"):
+            buf = getattr(self, name)
+            if buf.dtype != torch.float64:
+                exact = {"betas": self._betas_host, "alphas": self._alphas_host,
+                         "alphas_cumprod": self.alphas_cumprod_host}[name]
+                setattr(self, name, torch.tensor(exact, dtype=torch.float64, device=buf.device))
+        return self
 
     def extra_repr(self) -> str:
         return f"num_timesteps={self.num_timesteps}"
@@ -188,7 +202,8 @@ def prepare_diffusion_targets(
     x_start = x_start * 2 - 1
 
     noise = torch.randn(B, N, 4, generator=generator, device=device, dtype=dtype)
-    x_t, boxes = ops.box_q_sample(x_start, noise, t, schedule.alphas_cumprod, image_size)
+    alphas_cumprod = schedule.alphas_cumprod.to(device)
+    x_t, boxes = ops.box_q_sample(x_start, noise, t, alphas_cumprod, image_size)
     return {
         "boxes": boxes,
         "x_t": x_t,

@@ -66,6 +66,13 @@ def test_schedule_alphas_cumprod():
     assert "alphas_cumprod" not in SCHEDULE.state_dict()
 
 
+def test_schedule_stays_float64_under_dtype_casts():
+    schedule = DiffusionSchedule(1000).to(torch.float16)
+    assert schedule.alphas_cumprod.dtype == torch.float64 and schedule.betas.dtype == torch.float64
+    torch.testing.assert_close(schedule.alphas_cumprod, SCHEDULE.alphas_cumprod, rtol=0, atol=0)
+    assert schedule.alphas_cumprod[-1].item() > 0
+
+
 # ---- training corruption -----------------------------------------------------------------------
 
 
