@@ -81,3 +81,18 @@ def test_killed_during_checkpoint_write_then_resume(tmp_path):
     again = json.load(open(tmp_path / "resumed.json"))["ranks"][0]
     assert again["start_iter"] == 2
     assert again["params"] == full["params"]
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_two_gpu_nccl_training(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    report, _ = _torchrun(tmp_path / "run", tmp_path / "report.json", max_iter=4,
+                          **{"MODEL.DEVICE": "cuda", "DETERMINISTIC": False, "SOLVER.AMP.ENABLED": True})
+    ranks = report["ranks"]
+    assert [r["steps"] for r in ranks] == [4, 4]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    assert "max_mem: " in open(tmp_path / "run" / "log.txt").read()
