@@ -6,10 +6,17 @@ it). Plain-PyTorch references of every op are in :mod:`idip.ops.reference`.
 
 from ._extension import BUILD_INFO, ExtensionError, has_cuda_kernels
 from .box_q_sample import box_q_sample
+from .multilevel_roi_align import multilevel_roi_align
+from .nms import batched_nms, nms
+from .roi_align import roi_align
 
 __all__ = [
     "BUILD_INFO",
     "ExtensionError",
     "has_cuda_kernels",
     "box_q_sample",
+    "roi_align",
+    "multilevel_roi_align",
+    "nms",
+    "batched_nms",
 ]
