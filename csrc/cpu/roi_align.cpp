@@ -3,7 +3,8 @@
 // a table of one level.
 //
 // The bilinear offsets and weights of an RoI's sampling points depend on the RoI only, so they
-// are computed once per RoI and reused for every channel.
+// are computed once per RoI and reused for every channel; the kernels work on channels-last
+// copies of the features so that the channel loops are contiguous and vectorise.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -52,27 +53,31 @@ void compute_roi_samples(const T* roi, const LevelTable<P>& levels, int64_t batc
   }
 }
 
-// out[k, c, :, :] for RoIs k and channels [c_begin, c_end).
+// out[k, c, :, :] of one RoI for channels [c_begin, c_end). The features are channels-last
+// ([N, H, W, C]), so each bilinear tap reads a contiguous run of channels and the inner loop
+// vectorises; per channel the sums are the same as torchvision's (sample by sample, four taps each).
 template <typename T>
-void pool_channels(const RoiSamples<T>& s, const LevelTable<const T*>& levels, int64_t channels,
-                   int64_t c_begin, int64_t c_end, int pooled_height, int pooled_width,
-                   T* out_roi) {
+void pool_roi(const RoiSamples<T>& s, const LevelTable<const T*>& levels, int64_t channels,
+              int64_t c_begin, int64_t c_end, int64_t bins, T* __restrict__ acc, T* out_roi) {
   const int64_t plane = levels.height[s.level] * levels.width[s.level];
+  const T* base = levels.data[s.level] + s.batch * plane * channels + c_begin;
+  const int64_t cn = c_end - c_begin;
   const int64_t per_bin = static_cast<int64_t>(std::max(s.bins.grid_h, 0)) *
                           std::max(s.bins.grid_w, 0);
-  const int64_t bins = static_cast<int64_t>(pooled_height) * pooled_width;
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    const T* src = levels.data[s.level] + (s.batch * channels + c) * plane;
-    T* dst = out_roi + c * bins;
-    const Bilinear<T>* p = s.points.data();
-    for (int64_t b = 0; b < bins; ++b) {
-      T sum = T(0);
-      for (int64_t j = 0; j < per_bin; ++j, ++p) {
-        sum += p->w[0] * src[p->pos[0]] + p->w[1] * src[p->pos[1]] + p->w[2] * src[p->pos[2]] +
-               p->w[3] * src[p->pos[3]];
+  const Bilinear<T>* p = s.points.data();
+  for (int64_t b = 0; b < bins; ++b) {
+    std::fill(acc, acc + cn, T(0));
+    for (int64_t j = 0; j < per_bin; ++j, ++p) {
+      const T* __restrict__ t0 = base + p->pos[0] * channels;
+      const T* __restrict__ t1 = base + p->pos[1] * channels;
+      const T* __restrict__ t2 = base + p->pos[2] * channels;
+      const T* __restrict__ t3 = base + p->pos[3] * channels;
+      const T w0 = p->w[0], w1 = p->w[1], w2 = p->w[2], w3 = p->w[3];
+      for (int64_t c = 0; c < cn; ++c) {
+        acc[c] += w0 * t0[c] + w1 * t1[c] + w2 * t2[c] + w3 * t3[c];
       }
-      dst[b] = sum / s.bins.count;
     }
+    for (int64_t c = 0; c < cn; ++c) out_roi[(c_begin + c) * bins + b] = acc[c] / s.bins.count;
   }
 }
 
@@ -90,6 +95,7 @@ void roi_align_forward_kernel(const LevelTable<const T*>& levels, int64_t batch_
   const int64_t bins = static_cast<int64_t>(pooled_height) * pooled_width;
   at::parallel_for(0, num_rois * groups, 1, [&](int64_t begin, int64_t end) {
     RoiSamples<T> s;
+    std::vector<T> acc(group_size);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t k = item / groups, g = item % groups;
       const int64_t c_begin = g * group_size;
@@ -97,14 +103,14 @@ void roi_align_forward_kernel(const LevelTable<const T*>& levels, int64_t batch_
       if (c_begin >= c_end) continue;
       compute_roi_samples(rois + k * 5, levels, batch_size, pooled_height, pooled_width,
                           sampling_ratio, aligned, s);
-      pool_channels(s, levels, channels, c_begin, c_end, pooled_height, pooled_width,
-                    out + k * channels * bins);
+      pool_roi(s, levels, channels, c_begin, c_end, bins, acc.data(), out + k * channels * bins);
     }
   });
 }
 
-// grad_input of every level: channels are split across threads (no two threads write the same
-// channel plane), and each thread walks all RoIs for its channels.
+// Gradients of every level, channels-last ([N, H, W, C]): channels are split across threads (no
+// two threads write the same element), and each thread walks all RoIs for its channels in
+// torchvision's order, so every element receives its contributions in the same order.
 template <typename T>
 void roi_align_backward_kernel(const LevelTable<T*>& levels, int64_t batch_size,
                                int64_t channels, const T* rois, int64_t num_rois,
@@ -112,23 +118,32 @@ void roi_align_backward_kernel(const LevelTable<T*>& levels, int64_t batch_size,
                                bool aligned, const T* grad, int64_t grad_stride_k,
                                int64_t grad_stride_c, int64_t grad_stride_h,
                                int64_t grad_stride_w) {
-  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t grain = std::max<int64_t>(1, (channels + threads - 1) / threads);
+  at::parallel_for(0, channels, grain, [&](int64_t c_begin, int64_t c_end) {
     RoiSamples<T> s;
+    const int64_t cn = c_end - c_begin;
+    std::vector<T> g(cn);
     for (int64_t k = 0; k < num_rois; ++k) {
       compute_roi_samples(rois + k * 5, levels, batch_size, pooled_height, pooled_width,
                           sampling_ratio, aligned, s);
       const int64_t plane = levels.height[s.level] * levels.width[s.level];
+      T* base = levels.data[s.level] + s.batch * plane * channels + c_begin;
       const int64_t per_bin = static_cast<int64_t>(std::max(s.bins.grid_h, 0)) *
                               std::max(s.bins.grid_w, 0);
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        T* dst = levels.data[s.level] + (s.batch * channels + c) * plane;
-        const Bilinear<T>* p = s.points.data();
-        for (int py = 0; py < pooled_height; ++py) {
-          for (int px = 0; px < pooled_width; ++px) {
-            const T g = grad[k * grad_stride_k + c * grad_stride_c + py * grad_stride_h +
-                             px * grad_stride_w];
-            for (int64_t j = 0; j < per_bin; ++j, ++p) {
-              for (int q = 0; q < 4; ++q) dst[p->pos[q]] += g * p->w[q] / s.bins.count;
+      const T count = s.bins.count;
+      const Bilinear<T>* p = s.points.data();
+      for (int py = 0; py < pooled_height; ++py) {
+        for (int px = 0; px < pooled_width; ++px) {
+          const T* src = grad + k * grad_stride_k + c_begin * grad_stride_c +
+                         py * grad_stride_h + px * grad_stride_w;
+          for (int64_t c = 0; c < cn; ++c) g[c] = src[c * grad_stride_c];
+          for (int64_t j = 0; j < per_bin; ++j, ++p) {
+            for (int q = 0; q < 4; ++q) {
+              T* __restrict__ dst = base + p->pos[q] * channels;
+              const T w = p->w[q];
+              const T* __restrict__ gc = g.data();
+              for (int64_t c = 0; c < cn; ++c) dst[c] += gc[c] * w / count;
             }
           }
         }
@@ -145,9 +160,12 @@ at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Ten
   auto r = rois.contiguous();
   auto out = at::empty({num_rois, channels, pooled_height, pooled_width}, f0.options());
   if (num_rois == 0 || channels == 0) return out;
+  // [N, H, W, C] views (a copy unless the features are already channels-last).
+  std::vector<at::Tensor> nhwc;
+  for (const auto& f : features) nhwc.push_back(f.permute({0, 2, 3, 1}).contiguous());
   AT_DISPATCH_FLOATING_TYPES(f0.scalar_type(), "roi_align_cpu", [&] {
     std::vector<const scalar_t*> ptrs;
-    for (const auto& f : features) ptrs.push_back(f.data_ptr<scalar_t>());
+    for (const auto& f : nhwc) ptrs.push_back(f.data_ptr<scalar_t>());
     roi_align_forward_kernel<scalar_t>(with_pointers(table, ptrs), batch, channels,
                                        r.data_ptr<scalar_t>(), num_rois,
                                        static_cast<int>(pooled_height),
@@ -161,23 +179,25 @@ at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Ten
 std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor& rois,
                                         const LevelTable<const void*>& table, int64_t batch,
                                         int64_t channels, int64_t sampling_ratio, bool aligned) {
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> grads;  // channels-last while accumulating
   for (int i = 0; i < table.num_levels; ++i) {
-    grads.push_back(at::zeros({batch, channels, table.height[i], table.width[i]}, grad.options()));
+    grads.push_back(at::zeros({batch, table.height[i], table.width[i], channels}, grad.options()));
   }
   const int64_t num_rois = rois.size(0);
-  if (num_rois == 0 || channels == 0) return grads;
-  auto r = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
-    std::vector<scalar_t*> ptrs;
-    for (auto& g : grads) ptrs.push_back(g.data_ptr<scalar_t>());
-    // The incoming gradient may be any strided view (e.g. an expanded sum()'s gradient).
-    roi_align_backward_kernel<scalar_t>(
-        with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(), num_rois,
-        static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)),
-        static_cast<int>(sampling_ratio), aligned, grad.data_ptr<scalar_t>(), grad.stride(0),
-        grad.stride(1), grad.stride(2), grad.stride(3));
-  });
+  if (num_rois > 0 && channels > 0) {
+    auto r = rois.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
+      std::vector<scalar_t*> ptrs;
+      for (auto& g : grads) ptrs.push_back(g.data_ptr<scalar_t>());
+      // The incoming gradient may be any strided view (e.g. an expanded sum()'s gradient).
+      roi_align_backward_kernel<scalar_t>(
+          with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(), num_rois,
+          static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)),
+          static_cast<int>(sampling_ratio), aligned, grad.data_ptr<scalar_t>(), grad.stride(0),
+          grad.stride(1), grad.stride(2), grad.stride(3));
+    });
+  }
+  for (auto& g : grads) g = g.permute({0, 3, 1, 2}).contiguous();
   return grads;
 }
 
