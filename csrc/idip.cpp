@@ -12,6 +12,22 @@
 
 TORCH_LIBRARY(idip, m) {
   // ---- RoIAlign and NMS (ops 1-3) ------------------------------------------------------------
+  m.def(
+      "roi_align(Tensor input, Tensor rois, int pooled_height, int pooled_width, "
+      "float spatial_scale, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, SymInt[] input_shape, float spatial_scale, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "multilevel_roi_align(Tensor[] features, Tensor rois, int pooled_height, int pooled_width, "
+      "float[] scales, int sampling_ratio, bool aligned, float canonical_box_size, "
+      "int canonical_level) -> Tensor");
+  m.def(
+      "multilevel_roi_align_backward(Tensor grad, Tensor rois, SymInt batch_size, "
+      "SymInt channels, SymInt[] heights, SymInt[] widths, float[] scales, int sampling_ratio, "
+      "bool aligned, float canonical_box_size, int canonical_level) -> Tensor[]");
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
 
   // ---- CondInst: aligned upsampling and the fused dynamic mask head (ops 4-5) ----------------
 

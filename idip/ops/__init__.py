@@ -7,6 +7,9 @@ it). Plain-PyTorch references of every op are in :mod:`idip.ops.reference`.
 from ._extension import BUILD_INFO, ExtensionError, has_cuda_kernels
 from .box_ddim_step import box_ddim_step
 from .box_q_sample import box_q_sample
+from .multilevel_roi_align import multilevel_roi_align
+from .nms import batched_nms, nms
+from .roi_align import roi_align
 
 __all__ = [
     "BUILD_INFO",
@@ -14,4 +17,8 @@ __all__ = [
     "has_cuda_kernels",
     "box_q_sample",
     "box_ddim_step",
+    "roi_align",
+    "multilevel_roi_align",
+    "nms",
+    "batched_nms",
 ]
