@@ -5,11 +5,16 @@ it). Plain-PyTorch references of every op are in :mod:`idip.ops.reference`.
 """
 
 from ._extension import BUILD_INFO, ExtensionError, has_cuda_kernels
+from .aligned_upsample import aligned_upsample
 from .box_q_sample import box_q_sample
+from .dynamic_mask_head import dynamic_mask_head, dynamic_mask_head_num_params
 
 __all__ = [
     "BUILD_INFO",
     "ExtensionError",
     "has_cuda_kernels",
+    "aligned_upsample",
     "box_q_sample",
+    "dynamic_mask_head",
+    "dynamic_mask_head_num_params",
 ]
