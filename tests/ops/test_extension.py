@@ -16,6 +16,10 @@ REGISTERED_OPS = [
     "multilevel_roi_align_backward",
     "nms",
     "batched_nms",
+    "aligned_upsample",
+    "aligned_upsample_backward",
+    "dynamic_mask_head",
+    "dynamic_mask_head_backward",
 ]
 
 
