@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..engine.distributed import get_rank, get_world_size
 from .coco import filter_empty_annotations, load_coco_json
 from .datasets import get_dataset, register_from_cfg
-from .image_io import ImageReadError
+from .image_io import ImageReadError, TooManyUnreadableImagesError
 from .mapper import DatasetMapper
 from .samplers import InferenceSampler, TrainBatchSampler, TrainingSampler, mix_seed
 from .serialized import SerializedList
@@ -106,7 +106,7 @@ class _TrainDataset(Dataset):
                     mix_seed(_REPLACE_STREAM, self.seed, position, attempt)
                 ).randrange(len(self.records))
         files = sorted({f for f, _ in failures})
-        raise RuntimeError(
+        raise TooManyUnreadableImagesError(
             f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: {files}"
         )
 
@@ -158,7 +158,7 @@ class TrainLoader:
                 reason,
             )
             if len(self.bad_files) > self.max_bad_fraction * self.num_images:
-                raise RuntimeError(
+                raise TooManyUnreadableImagesError(
                     f"{len(self.bad_files)} of {self.num_images} training images could not be "
                     "read, more than "
                     f"DATALOADER.MAX_BAD_IMAGE_FRACTION={self.max_bad_fraction}; first ones: "

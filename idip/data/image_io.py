@@ -17,6 +17,10 @@ class ImageReadError(OSError):
         self.reason = reason if reason is not None else message
 
 
+class TooManyUnreadableImagesError(RuntimeError):
+    """Training stopped because too many images could not be read. The message names them."""
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image

@@ -27,10 +27,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Runs ``main(argv)``; user errors print ``error: ...`` (exit 2), a non-finite loss or other
-    training failure prints ``error: ...`` (exit 1). The process group is always left."""
+    training failure prints ``error: ...`` (exit 1). The process group is always left.
+
+    Bad input data counts as a user error: an unknown dataset name, an unreadable image in
+    evaluation, or more unreadable training images than DATALOADER.MAX_BAD_IMAGE_FRACTION allows
+    (each message names the dataset or the files).
+    """
+    # Imported here: idip.data imports idip.engine.distributed, so a module-level import would
+    # make `import idip.engine` depend on the data package's import order.
+    from ..data.datasets import UnknownDatasetError
+    from ..data.image_io import ImageReadError, TooManyUnreadableImagesError
+
+    data_errors = (UnknownDatasetError, ImageReadError, TooManyUnreadableImagesError)
     try:
         return int(main(argv) or 0)
-    except USER_ERRORS as err:
+    except USER_ERRORS + data_errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except FloatingPointError as err:
