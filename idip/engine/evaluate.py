@@ -11,6 +11,7 @@ from torch import nn
 
 from .checkpoint import unwrap_model
 from .distributed import is_main_process
+from .runtime import check_num_classes
 from .seeding import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[st
     from ..data import build_test_loader
     from ..evaluation import COCOEvaluator, inference_on_dataset
 
+    check_num_classes(cfg, list(cfg.DATASETS.TEST))
     net = unwrap_model(model)
     was_training = net.training
     rng = capture_rng_state()

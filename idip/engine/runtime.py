@@ -63,3 +63,37 @@ def check_batch_split(cfg) -> int:
             f"{world} process(es) x {accum} accumulation step(s) (SOLVER.GRAD_ACCUM_STEPS)"
         )
     return total // (world * accum)
+
+
+# The config key holding the class count of each model (its "model section").
+NUM_CLASSES_KEYS = {"IDIP": "MODEL.IDIP.NUM_CLASSES", "CondInst": "MODEL.FCOS.NUM_CLASSES"}
+
+
+def check_num_classes(cfg, dataset_names) -> None:
+    """Checks that the model's class count equals that of every dataset in ``dataset_names``.
+
+    A mismatch would otherwise surface late and obscurely: class targets out of range in the
+    middle of training, or predictions the evaluator rejects after the whole run. Models without
+    an entry in :data:`NUM_CLASSES_KEYS` are not checked.
+
+    Raises:
+        ConfigError: naming the key, its value, the dataset and the dataset's classes.
+    """
+    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
+    if key is None or not dataset_names:
+        return
+    node = cfg
+    for part in key.split("."):
+        if part not in node:
+            return  # the model's section is not declared in this build
+        node = node[part]
+    from ..data.datasets import get_dataset, register_from_cfg
+
+    register_from_cfg(cfg)
+    for name in dataset_names:
+        info = get_dataset(name)
+        if info.num_classes != int(node):
+            raise ConfigError(
+                f"config key '{key}' is {int(node)} but dataset '{name}' has {info.num_classes} "
+                f"classes {info.thing_classes}; set {key} {info.num_classes}"
+            )

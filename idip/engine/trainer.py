@@ -36,7 +36,7 @@ from .events import TrainingEvents
 from .logger import setup_logger
 from .lr_scheduler import build_lr_scheduler
 from .optim import build_optimizer, clip_gradients
-from .runtime import check_batch_split, configure_torch, grad_accum_steps, resolve_seed, seed_process
+from .runtime import check_batch_split, check_num_classes, configure_torch, grad_accum_steps, resolve_seed, seed_process
 from .seeding import capture_rng_state, restore_rng_state, seed_all
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class Trainer:
         its batch ``start_iter * GRAD_ACCUM_STEPS``."""
         from ..data import build_train_loader
 
+        check_num_classes(cfg, list(cfg.DATASETS.TRAIN))
         return build_train_loader(cfg, start_iter)
 
     def evaluate(self, cfg: CfgNode, model: nn.Module) -> dict[str, Any]:

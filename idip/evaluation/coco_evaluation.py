@@ -116,7 +116,9 @@ class COCOEvaluator:
             if not os.path.isfile(self.json_file):
                 raise FileNotFoundError(f"COCO ground-truth file '{self.json_file}' does not exist")
             with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints load timings
-                self._coco_gt = COCO(self.json_file)
+                coco_gt = COCO(self.json_file)
+            _fill_missing_areas(coco_gt)
+            self._coco_gt = coco_gt
         return self._coco_gt
 
     # -- accumulation ---------------------------------------------------------------------------
@@ -242,6 +244,26 @@ class COCOEvaluator:
                 metrics[f"AP-{name}"] = float(values.mean() * 100) if values.size else math.nan
         _log_table(task, metrics)
         return metrics
+
+
+def _fill_missing_areas(coco_gt) -> None:
+    """Gives every ground-truth annotation without an "area" (allowed by many COCO-format
+    exporters, required by COCOeval's area ranges) the area of its mask, else of its box."""
+    missing = [ann for ann in coco_gt.dataset.get("annotations", []) if "area" not in ann]
+    if not missing:
+        return
+    mask_util, _, _ = _pycocotools()
+    for ann in missing:
+        area = 0.0
+        if ann.get("segmentation") and ann.get("image_id") in coco_gt.imgs:
+            try:
+                area = float(mask_util.area(coco_gt.annToRLE(ann)))
+            except (TypeError, ValueError, KeyError, IndexError):
+                area = 0.0
+        if area <= 0 and isinstance(ann.get("bbox"), (list, tuple)) and len(ann["bbox"]) == 4:
+            area = max(float(ann["bbox"][2]), 0.0) * max(float(ann["bbox"][3]), 0.0)
+        ann["area"] = area  # the same dict objects are indexed by coco_gt.anns
+    logger.info("COCOEvaluator: computed 'area' of %d ground-truth annotations without one", len(missing))
 
 
 def _to_coco_results(image_id: int, output: dict, sample: dict, mapping: list[int]) -> list[dict]:

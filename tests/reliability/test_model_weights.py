@@ -4,14 +4,17 @@ with other shapes, is one clear error line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import eval as eval_cli
 import train
 from idip.engine.checkpoint import Checkpointer
+from idip.engine.runtime import NUM_CLASSES_KEYS
 from tests.engine.tiny_model import TinyTrainer
-from tests.reliability.conftest import one_error_line
+from tests.reliability.conftest import custom_dataset_opts, one_error_line
 from tests.reliability.test_model_edge_inputs import CONFIGS, SHRINK, _model
 
 
@@ -65,3 +68,36 @@ def test_checkpoint_of_the_other_model_or_other_shapes(tool, tmp_path, capsys):
     assert other in err and "CondInst" in err and "IDIP" in err
     err = run(wrong)
     assert wrong in err and "shape mismatches" in err and "(5" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["IDIP", "CondInst"])
+def test_real_model_trains_and_evaluates_on_the_awkward_dataset(arch, awkward_dataset, tmp_path, capsys):
+    """Every awkward image (grayscale, CMYK, EXIF, crowd-only, huge, ...) through the real model:
+    2 training iterations, then eval.py with pycocotools on the same json."""
+    _model(arch)
+    from idip.engine.trainer import Trainer
+
+    data = [*custom_dataset_opts("awkward", awkward_dataset["json"], awkward_dataset["images"]),
+            "DATASETS.TRAIN", "('awkward',)", "DATASETS.TEST", "('awkward',)",
+            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.MAX_SIZE_TRAIN", "64",
+            "INPUT.MIN_SIZE_TEST", "48", "INPUT.MAX_SIZE_TEST", "64", "TEST.IMS_PER_BATCH", "3"]
+    key = NUM_CLASSES_KEYS[arch]
+    # the configs say 4 classes (shapes); the awkward dataset has 3: one clear line, no training
+    opts = _opts(arch, tmp_path / "run", *data, "SOLVER.MAX_ITER", "2")
+    assert train.cli(opts, trainer_cls=Trainer) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert key in err and "'awkward' has 3 classes" in err
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+    opts += [key, "3"]
+    assert train.cli(opts, trainer_cls=Trainer) == 0
+    capsys.readouterr()
+    weights = str(tmp_path / "run" / "model_final.pth")
+    rc = eval_cli.run_cli(eval_cli.main, [*opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    results = json.loads(out.strip().splitlines()[-1])
+    for task in ("bbox", "segm"):
+        ap = results["awkward"][task]["AP"]
+        assert ap == ap and 0.0 <= ap <= 100.0  # a number (not NaN) from pycocotools
