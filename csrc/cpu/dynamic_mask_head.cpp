@@ -137,12 +137,15 @@ void backward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, cons
     const scalar_t* g = s.grad.data();
     for (int64_t o = 0; o < out; ++o) {
       const scalar_t* go = g + o * W;
+      // The simd reductions let the compiler vectorise the sums (a fixed, deterministic order).
       scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t x = 0; x < W; ++x) sum += go[x];
       gb[o] += sum;
       for (int64_t i = 0; i < in; ++i) {
         const scalar_t* a = l == 0 ? layer0_row(pb, s, b, y, i) : s.acts[l].data() + i * W;
         scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int64_t x = 0; x < W; ++x) dot += go[x] * a[x];
         gw[o * in + i] += dot;
       }
