@@ -193,4 +193,4 @@ class DynamicMaskHead(nn.Module):
 
     def loss(self, mask_logits: Tensor, gt_bitmasks: Tensor) -> Tensor:
         """Mean Dice loss of [N, 1, h, w] logits against [N, h, w] {0, 1} targets."""
-        return dice_loss(mask_logits.sigmoid(), gt_bitmasks.unsqueeze(1)).mean()
+        return dice_loss(mask_logits.float().sigmoid(), gt_bitmasks.unsqueeze(1)).mean()

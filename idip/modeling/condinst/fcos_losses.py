@@ -87,6 +87,8 @@ def fcos_losses(
         (losses, pos_mask): ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr`` and the
         [B, M] bool mask of positive locations.
     """
+    # Losses in float32 even under autocast (GIoU and focal terms lose precision in half types).
+    logits, box_reg, ctrness = logits.float(), box_reg.float(), ctrness.float()
     labels = targets.labels
     pos_mask = labels != num_classes
     num_pos = int(pos_mask.sum().item())
