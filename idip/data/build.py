@@ -2,8 +2,9 @@
 
 Exact resume: the images of training batch k and the random augmentation of each of its samples
 are functions of (cfg.SEED, the sample's global position in the stream) only, so
-``build_train_loader(cfg, start_iter=k)`` yields the batches k, k+1, ... of an uninterrupted run,
-with any number of loader workers.
+``build_train_loader(cfg, start_iter=k)`` yields what an uninterrupted run yields from iteration k
+on, with any number of loader workers. One iteration is SOLVER.GRAD_ACCUM_STEPS loader batches
+(one per forward pass), so the loader starts at batch ``k * GRAD_ACCUM_STEPS``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ class TrainLoader:
 def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
     """Builds the training loader of this rank, starting at iteration ``start_iter``.
 
+    Each ``next()`` gives the batch of one forward pass (train_batch_size_per_rank images); an
+    iteration with gradient accumulation takes GRAD_ACCUM_STEPS of them, so the first batch
+    yielded is batch ``start_iter * GRAD_ACCUM_STEPS`` of an uninterrupted run.
+
     Reads DATASETS.TRAIN (several datasets are concatenated; their classes must agree), INPUT.*,
     DATALOADER.*, SOLVER.IMS_PER_BATCH / GRAD_ACCUM_STEPS and SEED (< 0 counts as 0 here: the
     engine is expected to set a concrete seed).
@@ -198,7 +203,7 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
             [0 if r["width"] >= r["height"] else 1 for r in records], dtype=np.int64
         )
     batch_sampler = TrainBatchSampler(
-        sampler, batch_size, group_ids=group_ids, start_batch=start_iter
+        sampler, batch_size, group_ids=group_ids, start_batch=start_iter * grad_accum_steps(cfg)
     )
     num_workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
@@ -209,10 +214,12 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
         worker_init_fn=_worker_init if num_workers > 0 else None,
     )
     logger.info(
-        "training loader: %d images from %s, %d per rank and iteration, starting at iteration %d",
+        "training loader: %d images from %s, %d per rank and forward pass, %d passes per "
+        "iteration, starting at iteration %d",
         len(records),
         names,
         batch_size,
+        grad_accum_steps(cfg),
         start_iter,
     )
     return TrainLoader(

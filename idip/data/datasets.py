@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .coco import read_categories
-from .shapes import ensure_shapes
 
 
 class UnknownDatasetError(KeyError):
@@ -177,6 +176,12 @@ def register_from_cfg(cfg) -> None:
         )
 
 
+def _prepare_shapes(root: str, split: str) -> None:
+    from .shapes import ensure_shapes  # imported late so `python -m idip.data.shapes` runs cleanly
+
+    ensure_shapes(root, split)
+
+
 def _register_builtins() -> None:
     for split in ("train", "val"):
         _REGISTRY[f"coco_2017_{split}"] = _Entry(
@@ -187,7 +192,7 @@ def _register_builtins() -> None:
         _REGISTRY[f"shapes_{split}"] = _Entry(
             os.path.join("shapes", "annotations", f"instances_{split}.json"),
             os.path.join("shapes", split),
-            prepare=lambda root, split=split: ensure_shapes(root, split),
+            prepare=lambda root, split=split: _prepare_shapes(root, split),
             builtin=True,
         )
 

@@ -8,8 +8,10 @@ import logging
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import idip.data.build as build
 from idip.data import build_test_loader, build_train_loader, get_dataset, train_batch_size_per_rank
@@ -61,7 +63,9 @@ def test_training_samples_follow_the_contract(shapes_root):
             for box, mask in zip(inst["boxes"], inst["masks"]):
                 ys, xs = mask.nonzero(as_tuple=True)
                 mask_box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-                assert (mask_box - box).abs().max() <= 1.5
+                # the box is the annotation's, scaled; the mask is resampled nearest, which can drop
+                # the last pixels of a one-pixel-wide star tip when shrinking
+                assert (mask_box - box).abs().max() <= 2.5
 
 
 @pytest.mark.parametrize("grouping", [True, False])
@@ -74,6 +78,14 @@ def test_start_iter_gives_the_batches_of_an_uninterrupted_run(shapes_root, group
     assert not _same_batches(full[:3], resumed)
     cfg.SEED = 6
     assert not _same_batches(full[:3], _batches(build_train_loader(cfg), 3))
+
+
+def test_start_iter_counts_iterations_of_grad_accum_steps_batches(shapes_root):
+    cfg = tiny_cfg(shapes_root)
+    cfg.SOLVER.GRAD_ACCUM_STEPS = 2  # 4 images per iteration = 2 forward passes of 2
+    full = _batches(build_train_loader(cfg), 6)
+    assert all(len(b) == 2 for b in full)
+    assert _same_batches(full[4:], _batches(build_train_loader(cfg, start_iter=2), 2))
 
 
 def test_workers_give_the_same_batches(shapes_root):
@@ -167,9 +179,11 @@ def test_training_aborts_when_too_many_images_fail(shapes_root, corrupt_copy):
         _batches(build_train_loader(cfg), 2 * NUM_TRAIN // 4)
 
 
-def test_corrupt_image_is_an_error_in_evaluation(shapes_root, corrupt_copy):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_an_error_in_evaluation(shapes_root, corrupt_copy, workers):
     json_file, images, bad = corrupt_copy
     cfg = tiny_cfg(shapes_root, train_json=json_file, train_images=images)
+    cfg.DATALOADER.NUM_WORKERS = workers
     with pytest.raises(ImageReadError, match="000003.png"):
         for _ in build_test_loader(cfg, "tiny_train"):
             pass
@@ -226,3 +240,60 @@ def test_custom_datasets_relative_to_the_root_and_registry_errors(shapes_root):
         register_from_cfg(cfg)
     with pytest.raises(ValueError, match="rel_val"):
         register_coco_dataset("rel_val", "x.json", "y")  # from Python, a conflict is an error
+
+
+def _toy_dataset(tmp_path) -> tuple[str, str]:
+    """Two 24x32 images: image 1 with one polygon (category id 40), image 2 with only a crowd."""
+    images = tmp_path / "toy_images"
+    images.mkdir()
+    for name in ("one.png", "two.png"):
+        Image.fromarray(np.full((24, 32, 3), 90, dtype=np.uint8)).save(images / name)
+    data = {
+        "images": [
+            {"id": 1, "file_name": "one.png", "height": 24, "width": 32},
+            {"id": 2, "file_name": "two.png", "height": 24, "width": 32},
+        ],
+        "annotations": [
+            {
+                "id": 0,
+                "image_id": 1,
+                "category_id": 40,
+                "bbox": [4, 2, 8, 6],
+                "iscrowd": 0,
+                "segmentation": [[4, 2, 12, 2, 12, 8, 4, 8]],
+            },
+            {
+                "id": 0,
+                "image_id": 2,
+                "category_id": 20,
+                "bbox": [1, 1, 4, 4],
+                "iscrowd": 1,
+                "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]],
+            },
+        ],
+        "categories": [{"id": 40, "name": "forty"}, {"id": 20, "name": "twenty"}],
+    }
+    json_file = tmp_path / "toy.json"
+    json_file.write_text(json.dumps(data))
+    return str(json_file), str(images)
+
+
+@pytest.mark.parametrize("filter_empty", [True, False])
+def test_crowd_only_images_and_non_contiguous_ids_in_the_loader(tmp_path, filter_empty):
+    json_file, images = _toy_dataset(tmp_path)
+    cfg = tiny_cfg(str(tmp_path), train_json=json_file, train_images=images)
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = filter_empty
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    cfg.INPUT.MIN_SIZE_TRAIN = (48,)
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.RANDOM_FLIP = "none"
+    samples = {s["image_id"]: s for b in _batches(build_train_loader(cfg), 6) for s in b}
+    assert set(samples) == ({1} if filter_empty else {1, 2})
+    one = samples[1]["instances"]
+    assert one["classes"].tolist() == [1]  # id 40 sorts after id 20
+    assert one["boxes"].tolist() == [[8.0, 4.0, 24.0, 16.0]]  # scaled x2
+    assert samples[1]["image"].shape == (3, 48, 64)
+    if not filter_empty:
+        crowd = samples[2]["instances"]
+        assert crowd["boxes"].shape == (0, 4) and crowd["classes"].shape == (0,)
+        assert crowd["masks"].shape == (0, 48, 64) and crowd["masks"].dtype == torch.bool

@@ -90,7 +90,9 @@ class FPN(nn.Module):
             raise ValueError(f"FPN norm must be one of {list(FPN_NORMS)}; got norm={norm!r}")
         top_block = top_block or None
         if top_block not in TOP_BLOCKS:
-            raise ValueError(f"FPN top_block must be None, '' or 'P6P7'; got top_block={top_block!r}")
+            raise ValueError(
+                f"FPN top_block must be None, '' or 'P6P7'; got top_block={top_block!r}"
+            )
         if not in_features:
             raise ValueError("FPN in_features is empty")
         input_shapes = bottom_up.output_shape()

@@ -131,14 +131,17 @@ class ResNet(nn.Module):
                  norm: str = "FrozenBN", freeze_at: int = 0, stride_in_1x1: bool = False):
         super().__init__()
         if depth not in RESNET_SPECS:
-            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}; got depth={depth}")
+            raise ValueError(
+                f"ResNet depth must be one of {sorted(RESNET_SPECS)}; got depth={depth}"
+            )
         out_features = tuple(out_features)
         if not out_features:
-            raise ValueError("ResNet out_features is empty; name at least one of " + str(STAGE_NAMES))
+            raise ValueError(f"ResNet out_features is empty; name at least one of {STAGE_NAMES}")
         for name in out_features:
             if name not in STAGE_NAMES:
                 raise ValueError(
-                    f"ResNet out_features has unknown stage {name!r}; expected names from {STAGE_NAMES}"
+                    f"ResNet out_features has unknown stage {name!r}; expected names from "
+                    f"{STAGE_NAMES}"
                 )
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"ResNet freeze_at must be in 0..5; got freeze_at={freeze_at}")

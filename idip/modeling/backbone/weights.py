@@ -99,7 +99,8 @@ def _read_pickle(path: str) -> Any:
             raise CheckpointError(f"cannot load weights file '{path}': {e}") from None
         except Exception as e:  # truncated or not a pickle at all
             raise CheckpointError(
-                f"cannot load weights file '{path}': not a readable pickle ({type(e).__name__}: {e})"
+                f"cannot load weights file '{path}': not a readable pickle "
+                f"({type(e).__name__}: {e})"
             ) from None
 
 
@@ -137,7 +138,9 @@ _ROOT_PATTERNS = {
     "caffe2": re.compile(r"(conv1_[wb]$|res_conv1_bn_|res[2-5]_\d+_branch|fc1000_)"),
 }
 # A prefix that itself ends inside a ResNet (a block, the stem) is never the backbone's root.
-_INNER_PREFIX = re.compile(r"(^|\.)((layer[1-4]|res[2-5])\.\d+|stem|downsample(\.\d+)?|shortcut)\.$")
+_INNER_PREFIX = re.compile(
+    r"(^|\.)((layer[1-4]|res[2-5])\.\d+|stem|downsample(\.\d+)?|shortcut)\.$"
+)
 _FPN_KEY = re.compile(r"(fpn_lateral\d+|fpn_output\d+|top_block\.p[67])\.")
 _NORM_FIELDS = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 _C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
@@ -147,11 +150,11 @@ def _caffe2_to_detectron2(name: str) -> str | None:
     """Caffe2 blob name -> detectron2 name; None for blobs with no ResNet counterpart (fc)."""
     if m := re.fullmatch(r"conv1_([wb])", name):
         return "stem.conv1." + ("weight" if m[1] == "w" else "bias")
-    if m := re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name):
+    if m := re.fullmatch(r"res_conv1_[bg]n_(s|b|rm|riv)", name):
         return "stem.conv1.norm." + _NORM_FIELDS[m[1]]
     if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_([wb])", name):
         return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}." + ("weight" if m[4] == "w" else "bias")
-    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_bn_(s|b|rm|riv)", name):
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_[bg]n_(s|b|rm|riv)", name):
         return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}.norm.{_NORM_FIELDS[m[4]]}"
     return None
 
@@ -308,10 +311,13 @@ def _find_target(module: nn.Module) -> tuple[str, ResNet, str | None, FPN | None
     return prefix, resnet, fpn_prefix, fpn
 
 
-def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str]) -> bool | None:
-    """True for MSRA/Caffe2 weights, False for torchvision-style ones, None when unknown."""
+def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str], keys: list[str],
+                 target_norm: str) -> bool | None:
+    """True for MSRA-style weights (stride in the 1x1), False for torchvision-style ones (stride
+    in the 3x3), None when the checkpoint does not tell."""
     if scheme == "caffe2":
-        return True
+        # Detectron's GroupNorm ImageNet models (FAIR, "_gn_" blobs) put the stride in the 3x3.
+        return None if any("_gn_" in k for k in keys) else True
     if scheme == "torchvision":
         return False
     author = str(meta.get("__author__", "")).lower()
@@ -321,8 +327,8 @@ def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str]) -> bool | 
         return False
     has_norm = any(".norm.weight" in n for n in names)
     has_stats = any(n.endswith(".norm.running_mean") for n in names)
-    if has_norm and not has_stats:
-        return True
+    if has_norm and not has_stats and target_norm not in ("GN", ""):
+        return True  # batch norms folded into scale and shift: the MSRA release format
     return None
 
 
@@ -334,7 +340,9 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping) -> LoadReport:
+def load_backbone_weights(
+    module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping
+) -> LoadReport:
     """Loads pretrained backbone weights into the ResNet (and FPN) found in ``module``.
 
     Args:
@@ -373,10 +381,11 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
     detectron2_names: list[str] = []
     fpn_root = root[: -len("bottom_up.")] if root.endswith("bottom_up.") else None
     for key, value in weights.items():
-        if _as_tensor(value) is None:
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
             report.ignored.append(key)
             continue
-        if fpn_root is not None and key.startswith(fpn_root) and _FPN_KEY.match(key[len(fpn_root):]):
+        in_fpn = fpn_root is not None and key.startswith(fpn_root)
+        if in_fpn and _FPN_KEY.match(key[len(fpn_root):]):
             if fpn is None:
                 report.unexpected.append(key)
             else:
@@ -399,19 +408,30 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
         else:
             plan[key] = (name, resnet)
 
-    caffe_style = _caffe_style(scheme, meta, detectron2_names)
-    if caffe_style is not None and resnet.depth >= 50 and caffe_style != resnet.stride_in_1x1:
-        if caffe_style:
-            raise CheckpointError(
-                f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
-                "conv) but the ResNet was built with stride_in_1x1=False; build it with "
-                "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
-            )
+    caffe_style = _caffe_style(scheme, meta, detectron2_names, list(weights), resnet.norm)
+    # Caffe2-era weights were trained on BGR images with pixel std 1 and store folded norms.
+    caffe_input = caffe_style is True or scheme == "caffe2"
+    bottleneck = resnet.depth >= 50
+    if caffe_style is True and bottleneck and not resnet.stride_in_1x1:
         raise CheckpointError(
-            f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) but "
-            "the ResNet was built with stride_in_1x1=True; build it with stride_in_1x1=False "
-            "(MODEL.RESNETS.STRIDE_IN_1X1 False)"
+            f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
+            "conv) but the ResNet was built with stride_in_1x1=False; build it with "
+            "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
         )
+    if caffe_style is False and bottleneck and resnet.stride_in_1x1:
+        if scheme == "torchvision":
+            # This package's own ResNet also uses torchvision names, whatever its stride
+            # convention, so torchvision names alone do not prove torchvision weights.
+            report.notes.append(
+                "WARNING: torchvision-named weights (torchvision models put the bottleneck "
+                "stride on the 3x3 conv) loaded into a ResNet with stride_in_1x1=True"
+            )
+        else:
+            raise CheckpointError(
+                f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) "
+                "but the ResNet was built with stride_in_1x1=True; build it with "
+                "stride_in_1x1=False (MODEL.RESNETS.STRIDE_IN_1X1 False)"
+            )
     if caffe_style is None and scheme == "detectron2" and resnet.depth >= 50:
         report.notes.append(
             f"stride convention of {source} unknown (author {meta.get('__author__')!r}); "
@@ -428,7 +448,7 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
                 report.unexpected.append(key)
                 continue
             value = _as_tensor(weights[key])
-            if caffe_style and owner is resnet and name == "conv1.weight" and value.dim() == 4:
+            if caffe_input and owner is resnet and name == "conv1.weight" and value.dim() == 4:
                 value = value.flip(1)  # BGR -> RGB input channels
                 report.notes.append("flipped conv1 input channels from BGR to RGB")
             if tuple(value.shape) != tuple(target.shape):
@@ -439,7 +459,7 @@ def load_backbone_weights(module: nn.Module, path_or_state_dict: str | os.PathLi
             loaded_rel[id(owner)].add(name)
             report.loaded.append(full_name[id(owner)] + name)
 
-        if caffe_style:
+        if caffe_input:
             filled = _fill_folded_norm_stats(resnet, loaded_rel[id(resnet)])
             if filled:
                 report.notes.append(
@@ -468,7 +488,7 @@ def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fill_folded_norm_stats(resnet: ResNet, loaded: set[str]) -> int:
-    """Sets mean 0 and var 1-eps where a norm got weight/bias but no running stats; returns count."""
+    """Sets mean 0, var 1-eps where a norm got weight/bias but no running stats; returns count."""
     count = 0
     for name, norm in resnet.named_modules():
         if not hasattr(norm, "running_var") or not isinstance(norm.running_var, torch.Tensor):
@@ -486,4 +506,5 @@ def _log(report: LoadReport) -> None:
     level = logging.INFO if report.ok else logging.WARNING
     logger.log(level, "%s", report)
     for note in report.notes:
-        logger.info("backbone weights: %s", note)
+        logger.log(logging.WARNING if note.startswith("WARNING") else logging.INFO,
+                   "backbone weights: %s", note)

@@ -198,7 +198,8 @@ def test_detectron2_full_model_checkpoint_loads_resnet_and_fpn(tmp_path):
         d2["backbone." + key] = value.numpy()
     assert "backbone.fpn_lateral3.weight" in d2 and "backbone.top_block.p7.bias" in d2
     d2["roi_heads.box_predictor.cls_score.weight"] = np.zeros((81, 1024), np.float32)
-    path = save_pkl(tmp_path / "model_final.pkl", {"model": d2, "__author__": "Detectron2 Model Zoo"})
+    path = save_pkl(tmp_path / "model_final.pkl",
+                    {"model": d2, "__author__": "Detectron2 Model Zoo"})
 
     class Detector(nn.Module):
         def __init__(self):
@@ -225,7 +226,8 @@ def _caffe2_blobs(source: ResNet) -> dict[str, np.ndarray]:
             continue
         norm_prefix = key.rsplit(".", 1)[0]
         if f"{norm_prefix}.running_var" in state:
-            scale = state[f"{norm_prefix}.weight"] / torch.sqrt(state[f"{norm_prefix}.running_var"] + EPS)
+            variance = state[f"{norm_prefix}.running_var"]
+            scale = state[f"{norm_prefix}.weight"] / torch.sqrt(variance + EPS)
             if key.endswith("weight"):
                 value = scale
             else:
@@ -269,17 +271,25 @@ def test_detectron2_msra_author_or_missing_stats_is_caffe_style():
             names[torchvision_to_caffe2(key)] = torchvision_to_detectron2(key)
     d2 = {names[k]: v for k, v in blobs.items() if k in names}
     with pytest.raises(CheckpointError, match="stride_in_1x1=True"):
-        load_backbone_weights(ResNet(50, out_features=SMALL), {"model": d2, "__author__": "unknown"})
+        load_backbone_weights(ResNet(50, out_features=SMALL),
+                              {"model": d2, "__author__": "unknown"})
     model = ResNet(50, out_features=SMALL, stride_in_1x1=True).eval()
     report = load_backbone_weights(model, {"model": d2, "__author__": "MSRA"})
     assert report.ok, str(report)
-    torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"], rtol=1e-4,
+                               atol=1e-4)
 
 
-def test_torchvision_weights_refuse_stride_in_1x1_model():
-    state = source_model(50, out_features=SMALL).state_dict()
+def test_torchvision_style_weights_and_stride_in_1x1_model():
+    source = source_model(50, out_features=SMALL)
+    d2 = {torchvision_to_detectron2(k): v.numpy() for k, v in source.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    caffe_model = ResNet(50, out_features=SMALL, stride_in_1x1=True)
     with pytest.raises(CheckpointError, match="stride_in_1x1=False"):
-        load_backbone_weights(ResNet(50, out_features=SMALL, stride_in_1x1=True), state)
+        load_backbone_weights(caffe_model, {"model": d2, "__author__": "torchvision"})
+    # torchvision names are also this package's own names, so they only warn
+    report = load_backbone_weights(caffe_model, source.state_dict())
+    assert report.ok and any("stride_in_1x1=True" in note for note in report.notes)
 
 
 def test_mismatched_missing_and_unexpected_are_reported(caplog):
@@ -322,8 +332,10 @@ class _RunsCommand:
 
 def test_malicious_pickle_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    path = save_pkl(tmp_path / "evil.pkl", {"model": {"conv1.weight": _RunsCommand(f"touch {marker}")}})
-    with pytest.raises(CheckpointError, match=r"evil\.pkl.*refusing to load the global '(posix|os|nt)\.system'"):
+    payload = {"model": {"conv1.weight": _RunsCommand(f"touch {marker}")}}
+    path = save_pkl(tmp_path / "evil.pkl", payload)
+    refused = r"evil\.pkl.*refusing to load the global '(posix|os|nt)\.system'"
+    with pytest.raises(CheckpointError, match=refused):
         load_backbone_weights(ResNet(18), path)
     assert not marker.exists()
 
@@ -359,3 +371,24 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_module_without_resnet():
     with pytest.raises(CheckpointError, match="no ResNet"):
         load_backbone_weights(nn.Linear(2, 2), {"conv1.weight": torch.zeros(1)})
+
+
+def test_caffe2_groupnorm_blobs_load_without_a_stride_verdict():
+    torch.manual_seed(4)
+    source = ResNet(50, out_features=SMALL, norm="GN").eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in source.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.0, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+    blobs = {}
+    for key, value in source.state_dict().items():
+        if key == "conv1.weight":
+            value = value[:, [2, 1, 0]]  # stored for BGR input
+        blobs[torchvision_to_caffe2(key).replace("_bn_", "_gn_")] = value.numpy()
+    assert "res2_0_branch2a_gn_s" in blobs
+    model = ResNet(50, out_features=SMALL, norm="GN").eval()
+    report = load_backbone_weights(model, blobs)
+    assert report.ok and report.format == "caffe2", str(report)
+    torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"])
