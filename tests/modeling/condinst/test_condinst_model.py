@@ -9,6 +9,8 @@ import torch
 
 from idip.config import get_cfg
 
+from ...conftest import DEVICES
+
 
 def _missing_dependencies(use_reference: bool) -> str | None:
     """Why the model cannot be built in this checkout yet (branches land separately), or None."""
@@ -234,7 +236,7 @@ def test_loss_decreases_on_a_few_shapes_images():
     assert last_mask < 0.8 * first_mask, (first_mask, last_mask)
 
 
-@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("device", DEVICES)
 def test_compiled_ops_match_reference_ops(device):
     _require(use_reference=False)
     samples = shapes_samples(2)
