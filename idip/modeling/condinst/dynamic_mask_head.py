@@ -175,13 +175,14 @@ class DynamicMaskHead(nn.Module):
         h, w = mask_feats.shape[-2:]
         if n == 0:
             return mask_feats.new_zeros((0, 1, h * factor, w * factor))
-        soi = self.sizes_of_interest[levels].to(locations.dtype)
+        # Coordinates stay float32 under autocast: the relative coordinates need the precision.
+        soi = self.sizes_of_interest[levels].float()
         logits = self.ops.dynamic_mask_head(
             mask_feats,
             params.to(mask_feats.dtype),
             im_inds,
-            locations.to(mask_feats.dtype),
-            soi.to(mask_feats.dtype),
+            locations.float(),
+            soi,
             int(mask_feat_stride),
             self.channels,
             self.num_layers,
