@@ -38,6 +38,52 @@ _C.MODEL.FPN.NORM = ""  # "" (none), "GN", "BN" on the lateral and output convs
 _C.MODEL.FPN.TOP_BLOCK = ""  # "" or "P6P7" (two extra levels from P5, as FCOS/CondInst)
 
 # ------------------------------------------------------------------------------------------------
+# FCOS (the detector of CondInst); AdelaiDet's names and defaults
+# ------------------------------------------------------------------------------------------------
+_C.MODEL.FCOS = CN()
+_C.MODEL.FCOS.NUM_CLASSES = 80  # number of foreground classes (CondInst reads it from here)
+_C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # FPN levels the head runs on
+_C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]  # strides of IN_FEATURES (checked against the backbone)
+_C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]  # level l takes boxes whose max(l,t,r,b) is in (soi[l-1], soi[l]]
+_C.MODEL.FCOS.NUM_CLS_CONVS = 4  # conv3x3+GN+ReLU layers of the classification tower
+_C.MODEL.FCOS.NUM_BOX_CONVS = 4  # conv3x3+GN+ReLU layers of the box tower
+_C.MODEL.FCOS.NORM = "GN"  # "GN" or "" (no normalisation) in the towers
+_C.MODEL.FCOS.PRIOR_PROB = 0.01  # initial foreground probability of the class logits
+_C.MODEL.FCOS.USE_SCALE = True  # learnable per-level scale of the box regression
+_C.MODEL.FCOS.NORM_REG_TARGETS = True  # regress (l,t,r,b) in units of the level's stride
+_C.MODEL.FCOS.CENTERNESS_ON_REG = True  # centerness predicted from the box tower (else the cls tower)
+_C.MODEL.FCOS.CENTER_SAMPLE = True  # positives only near the object centre (radius POS_RADIUS strides)
+_C.MODEL.FCOS.POS_RADIUS = 1.5  # centre-sampling radius in strides
+_C.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = False  # centre = the mask's centre of mass (newer AdelaiDet) instead of the box centre
+_C.MODEL.FCOS.LOSS_ALPHA = 0.25  # focal loss alpha
+_C.MODEL.FCOS.LOSS_GAMMA = 2.0  # focal loss gamma
+_C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"  # box loss on (l,t,r,b); only "giou"
+_C.MODEL.FCOS.INFERENCE_TH_TEST = 0.05  # score threshold before NMS
+_C.MODEL.FCOS.THRESH_WITH_CTR = False  # threshold class prob * centerness (True in Base-CondInst)
+_C.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000  # candidates kept per level before NMS
+_C.MODEL.FCOS.NMS_TH = 0.6  # class-aware NMS IoU threshold
+_C.MODEL.FCOS.POST_NMS_TOPK_TEST = 100  # detections kept per image after NMS
+
+# ------------------------------------------------------------------------------------------------
+# CondInst: controller, mask branch, dynamic mask head
+# ------------------------------------------------------------------------------------------------
+_C.MODEL.CONDINST = CN()
+_C.MODEL.CONDINST.MASK_OUT_STRIDE = 4  # stride of the masks for the loss and inference
+_C.MODEL.CONDINST.MAX_PROPOSALS = 500  # random positives per GPU used for the mask loss (-1: all)
+_C.MODEL.CONDINST.MASK_LOSS_AT_FEAT_STRIDE = False  # Dice loss at the mask branch's stride (8), no upsample: less memory
+_C.MODEL.CONDINST.MASK_THRESHOLD = 0.5  # probability threshold of the output masks
+_C.MODEL.CONDINST.MASK_HEAD = CN()
+_C.MODEL.CONDINST.MASK_HEAD.CHANNELS = 8  # hidden channels of the per-instance network
+_C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = 3  # 1x1 layers of the per-instance network (169 params for 8/3)
+_C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False  # drop the relative-coordinate inputs
+_C.MODEL.CONDINST.MASK_BRANCH = CN()
+_C.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES = ["p3", "p4", "p5"]  # FPN levels fused by the mask branch
+_C.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 128  # channels of the mask branch's convs
+_C.MODEL.CONDINST.MASK_BRANCH.NUM_CONVS = 4  # conv3x3+norm+ReLU layers after the fusion
+_C.MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS = 8  # mask-feature channels fed to the dynamic head
+_C.MODEL.CONDINST.MASK_BRANCH.NORM = "BN"  # "BN", "GN" or "" in the mask branch
+
+# ------------------------------------------------------------------------------------------------
 # Input
 # ------------------------------------------------------------------------------------------------
 _C.INPUT = CN()

@@ -1,0 +1,117 @@
+"""FCOS losses: sigmoid focal loss, GIoU on (l, t, r, b) distances, centerness BCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn import functional as F
+
+from .fcos_targets import FCOSTargets, centerness_targets
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Summed focal loss (Lin et al.) of [N, K] logits against [N, K] {0, 1} targets -> scalar."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss.sum()
+
+
+def ltrb_iou_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and GIoU of boxes given as distances from a shared point.
+
+    Both boxes contain the point, so the intersection is min(l)+min(r) by min(t)+min(b) and the
+    enclosing box max(l)+max(r) by max(t)+max(b). As in FCOS, IoU is smoothed with +1 in the
+    numerator and denominator (units of the targets, i.e. strides when they are normalised).
+
+    Args:
+        pred, target: [N, 4] non-negative (l, t, r, b).
+
+    Returns:
+        (iou, giou), each [N].
+    """
+    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    inter_w = torch.minimum(pred[:, 0], target[:, 0]) + torch.minimum(pred[:, 2], target[:, 2])
+    inter_h = torch.minimum(pred[:, 1], target[:, 1]) + torch.minimum(pred[:, 3], target[:, 3])
+    enclose_w = torch.maximum(pred[:, 0], target[:, 0]) + torch.maximum(pred[:, 2], target[:, 2])
+    enclose_h = torch.maximum(pred[:, 1], target[:, 1]) + torch.maximum(pred[:, 3], target[:, 3])
+    enclose = enclose_w * enclose_h + 1e-7
+    inter = inter_w * inter_h
+    union = pred_area + target_area - inter
+    iou = (inter + 1.0) / (union + 1.0)
+    giou = iou - (enclose - union) / enclose
+    return iou, giou
+
+
+def _mean_over_ranks(value: float) -> float:
+    """The value averaged over the distributed ranks (itself when not distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.item() / dist.get_world_size()
+    return value
+
+
+def fcos_losses(
+    logits: Tensor,
+    box_reg: Tensor,
+    ctrness: Tensor,
+    targets: FCOSTargets,
+    num_classes: int,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """FCOS losses of a batch, AdelaiDet's normalisation.
+
+    The focal loss is summed over all locations and classes and divided by the number of
+    positives (averaged over ranks, at least 1); the GIoU loss of the positives is weighted by
+    their centerness targets and divided by the sum of those targets (averaged over ranks); the
+    centerness BCE is divided by the number of positives.
+
+    Args:
+        logits: [B, M, K] class logits over all levels (targets' location order).
+        box_reg: [B, M, 4] predicted (l, t, r, b), in the targets' units.
+        ctrness: [B, M] centerness logits.
+        targets: FCOSTargets for the same B, M.
+        num_classes: K.
+
+    Returns:
+        (losses, pos_mask): ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr`` and the
+        [B, M] bool mask of positive locations.
+    """
+    # Losses in float32 even under autocast (GIoU and focal terms lose precision in half types).
+    logits, box_reg, ctrness = logits.float(), box_reg.float(), ctrness.float()
+    labels = targets.labels
+    pos_mask = labels != num_classes
+    num_pos = int(pos_mask.sum().item())
+    num_pos_avg = max(_mean_over_ranks(float(num_pos)), 1.0)
+
+    flat_logits = logits.reshape(-1, num_classes)
+    flat_labels = labels.reshape(-1)
+    class_target = torch.zeros_like(flat_logits)
+    pos_flat = torch.nonzero(flat_labels != num_classes).squeeze(1)
+    class_target[pos_flat, flat_labels[pos_flat]] = 1.0
+    loss_cls = sigmoid_focal_loss(flat_logits, class_target, focal_alpha, focal_gamma) / num_pos_avg
+
+    reg_pred = box_reg[pos_mask]
+    reg_target = targets.reg_targets[pos_mask]
+    ctr_pred = ctrness[pos_mask]
+    ctr_target = centerness_targets(reg_target)
+    loss_denorm = max(_mean_over_ranks(float(ctr_target.sum().item())), 1e-6)
+    if num_pos > 0:
+        _, giou = ltrb_iou_giou(reg_pred, reg_target)
+        loss_loc = ((1 - giou) * ctr_target).sum() / loss_denorm
+        loss_ctr = F.binary_cross_entropy_with_logits(ctr_pred, ctr_target, reduction="sum") / num_pos_avg
+    else:
+        # Keep every prediction in the graph so that DDP sees gradients for all parameters.
+        loss_loc = box_reg.sum() * 0.0
+        loss_ctr = ctrness.sum() * 0.0
+    return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, pos_mask
