@@ -104,7 +104,9 @@ class CondInst(nn.Module):
         from ...data.batching import batch_images
 
         if len(batch) == 0:
-            raise ValueError("CondInst got an empty batch")
+            if not self.training:
+                return []  # nothing to predict: an empty list of results, like any batch
+            raise ValueError("CondInst got an empty training batch")
         images = [(s["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std for s in batch]
         padded, image_sizes = batch_images(images, self.size_divisibility)
         features = self.backbone(padded)
