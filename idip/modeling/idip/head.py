@@ -183,6 +183,7 @@ class IDIPHead(nn.Module):
         pooler_resolution: RoI side (7).
         sampling_ratio: RoIAlign samples per bin side (2).
         prior_prob: initial foreground probability of the classifier's bias (0.01).
+        num_cls_layers, num_reg_layers: hidden layers of the shared classifier (1) and regressor (3).
     """
 
     def __init__(
@@ -199,6 +200,8 @@ class IDIPHead(nn.Module):
         sampling_ratio: int = 2,
         dropout: float = 0.0,
         prior_prob: float = 0.01,
+        num_cls_layers: int = 1,
+        num_reg_layers: int = 3,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -209,7 +212,7 @@ class IDIPHead(nn.Module):
             for _ in range(num_stages)
         )
         self.time_encoders = nn.ModuleList(TimeEncoder(dim) for _ in range(num_stages))
-        self.box_head = BoxHead(dim, num_classes)
+        self.box_head = BoxHead(dim, num_classes, num_cls_layers, num_reg_layers)
         self._reset_parameters(prior_prob)
 
     def _reset_parameters(self, prior_prob: float) -> None:
