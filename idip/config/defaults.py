@@ -75,6 +75,7 @@ _C.MODEL.IDIP.ETA = 1.0  # DDIM eta (0 deterministic, 1 DDPM-like noise)
 _C.MODEL.IDIP.BOX_RENEWAL = True  # replace low-score boxes by fresh random ones between DDIM steps
 _C.MODEL.IDIP.RENEWAL_THRESHOLD = 0.5  # score below which a box is renewed
 _C.MODEL.IDIP.NMS_THRESH = 0.5  # class-aware NMS IoU threshold at inference
+_C.MODEL.IDIP.SCORE_THRESH_TEST = 0.0  # detections must score above this (0: keep the top-k, as the authors)
 _C.MODEL.IDIP.MASK_THRESHOLD = 0.5  # probability threshold of pasted masks
 
 # ------------------------------------------------------------------------------------------------

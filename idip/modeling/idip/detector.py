@@ -111,11 +111,13 @@ class IDIP(nn.Module):
             focal_gamma=c.GAMMA,
         )
         self.schedule = DiffusionSchedule(c.NUM_TIMESTEPS)
+        self.use_reference_ops = bool(cfg.MODEL.USE_REFERENCE_OPS)
         self.sample_steps = c.SAMPLE_STEP
         self.eta = c.ETA
         self.box_renewal = c.BOX_RENEWAL
         self.renewal_threshold = c.RENEWAL_THRESHOLD
         self.nms_thresh = c.NMS_THRESH
+        self.score_thresh = c.SCORE_THRESH_TEST
         self.mask_threshold = c.MASK_THRESHOLD
         self.test_seed = cfg.TEST.SEED
         self.detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
@@ -170,7 +172,11 @@ class IDIP(nn.Module):
             )
         features = self._features(images)
         diffused = prepare_diffusion_targets(
-            [t["boxes"] for t in targets], image_size, self.num_proposals, self.schedule
+            [t["boxes"] for t in targets],
+            image_size,
+            self.num_proposals,
+            self.schedule,
+            use_reference_ops=self.use_reference_ops,
         )
         outputs = self.head(features, diffused["boxes"], diffused["t"])
         return self.criterion(
@@ -206,6 +212,7 @@ class IDIP(nn.Module):
             eta=self.eta,
             box_renewal=self.box_renewal,
             renewal_threshold=self.renewal_threshold,
+            use_reference_ops=self.use_reference_ops,
         )
         logits, boxes, feats = sampler.sample(denoise, image_size, self.num_proposals, self._generators(batch))
         return self.postprocess(features, logits, boxes, feats, batch, sizes)
@@ -236,6 +243,8 @@ class IDIP(nn.Module):
         for i in range(b):
             h, w = sizes[i]
             scores, idx = scores_all[i].topk(k)
+            above = scores > self.score_thresh
+            scores, idx = scores[above], idx[above]
             prop = idx // c
             labels = idx % c
             keep = self.ops.batched_nms(boxes[i, prop], scores, labels, self.nms_thresh)
