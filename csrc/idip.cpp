@@ -19,6 +19,9 @@ TORCH_LIBRARY(idip, m) {
   m.def(
       "box_q_sample(Tensor x_start, Tensor noise, Tensor t, Tensor alphas_cumprod, "
       "Tensor image_size) -> (Tensor, Tensor)");
+  m.def(
+      "box_ddim_step(Tensor x_t, Tensor pred_boxes, Tensor image_size, float alpha, "
+      "float alpha_next, float eta, Tensor keep, Tensor noise, Tensor renew) -> (Tensor, Tensor)");
 }
 
 namespace {

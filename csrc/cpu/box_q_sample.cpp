@@ -12,7 +12,7 @@ void box_q_sample_cpu_kernel(const scalar_t* x_start, const scalar_t* noise, con
                              const float* ac_f32, const double* ac_f64, int64_t T,
                              const scalar_t* image_size, scalar_t* x_t, scalar_t* boxes, int64_t B,
                              int64_t N) {
-  at::parallel_for(0, B * N, 2048, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * N, kCpuBoxesPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / N;
       const int64_t step = t[b];

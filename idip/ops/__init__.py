@@ -5,6 +5,7 @@ it). Plain-PyTorch references of every op are in :mod:`idip.ops.reference`.
 """
 
 from ._extension import BUILD_INFO, ExtensionError, has_cuda_kernels
+from .box_ddim_step import box_ddim_step
 from .box_q_sample import box_q_sample
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "ExtensionError",
     "has_cuda_kernels",
     "box_q_sample",
+    "box_ddim_step",
 ]

@@ -8,6 +8,8 @@ than speed. Each section belongs to one group of ops.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -43,3 +45,35 @@ def box_q_sample(
     a = alphas_cumprod.to(x_start.dtype)[t][:, None, None]
     x_t = a.sqrt() * x_start + (1 - a).sqrt() * noise
     return x_t, box_to_abs(x_t, image_size)
+
+
+def box_ddim_step(
+    x_t: Tensor,
+    pred_boxes: Tensor,
+    image_size: Tensor,
+    alpha: float,
+    alpha_next: float,
+    eta: float,
+    keep: Tensor,
+    noise: Tensor,
+    renew: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`idip.ops.box_ddim_step`: DiffusionDet's ddim_sample step with box
+    renewal, one image at a time (boolean indexing, then concatenation of fresh boxes)."""
+    sigma = 0.0 if eta == 0 else (
+        eta * math.sqrt(1 - alpha / alpha_next) * math.sqrt((1 - alpha_next) / (1 - alpha)))
+    c = math.sqrt(max(1 - alpha_next - sigma**2, 0.0))
+    n = x_t.shape[1]
+    x_next = []
+    for b in range(x_t.shape[0]):
+        xyxy = pred_boxes[b] / image_size[b]
+        cxcywh = torch.stack(
+            [(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
+             xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], dim=-1)
+        x0 = cxcywh.clamp(0, 1) * 2 - 1
+        eps = (x_t[b] - math.sqrt(alpha) * x0) / math.sqrt(1 - alpha)
+        kb = keep[b]
+        x_kept = math.sqrt(alpha_next) * x0[kb] + c * eps[kb] + sigma * noise[b][kb]
+        x_next.append(torch.cat([x_kept, renew[b, : n - x_kept.shape[0]]], dim=0))
+    x_next = torch.stack(x_next) if x_next else torch.empty_like(x_t)
+    return x_next, box_to_abs(x_next, image_size)

@@ -71,3 +71,58 @@ def test_opcheck():
     gen = torch.Generator().manual_seed(0)
     args = _inputs(2, 7, torch.float32, "cpu", gen)
     torch.library.opcheck(torch.ops.idip.box_q_sample.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_and_non_contiguous_inputs(device):
+    ac = torch.linspace(0.9999, 1e-4, 10, dtype=torch.float64, device=device)
+    z = torch.zeros(0, 5, 4, device=device)
+    x_t, boxes = box_q_sample(z, z, torch.zeros(0, dtype=torch.int64, device=device), ac,
+                              torch.ones(0, 4, device=device))
+    assert x_t.shape == (0, 5, 4) and boxes.shape == (0, 5, 4)
+
+    gen = torch.Generator().manual_seed(21)
+    args = _inputs(3, 40, torch.float32, device, gen)
+    strided = [a.transpose(0, 1).contiguous().transpose(0, 1) if a.dim() == 3 else a for a in args]
+    strided[4] = args[4].t().contiguous().t()
+    assert not strided[0].is_contiguous() and not strided[4].is_contiguous()
+    for got, expected in zip(box_q_sample(*strided), ref.box_q_sample(*args)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_rejects_negative_time_and_mixed_dtypes():
+    ac = torch.linspace(0.9999, 1e-4, 10, dtype=torch.float64)
+    x = torch.zeros(2, 3, 4)
+    size = torch.ones(2, 4)
+    with pytest.raises(RuntimeError, match=r"t\[1\] = -1 is outside \[0, 10\)"):
+        box_q_sample(x, x, torch.tensor([0, -1]), ac, size)
+    with pytest.raises(RuntimeError, match="must share a dtype"):
+        box_q_sample(x, x.double(), torch.tensor([0, 1]), ac, size)
+    with pytest.raises(RuntimeError, match="t must be int64"):
+        box_q_sample(x, x, torch.tensor([0, 1], dtype=torch.int32), ac, size)
+    with pytest.raises(RuntimeError, match="image_size must be"):
+        box_q_sample(x, x, torch.tensor([0, 1]), ac, torch.ones(2, 2))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_matches_float32_reference(dtype):
+    gen = torch.Generator().manual_seed(17)
+    args = _inputs(4, 300, torch.float32, "cuda", gen)
+    low = [a.to(dtype) if a.is_floating_point() and a.dim() != 1 else a for a in args]
+    x_t, boxes = box_q_sample(*low)
+    back = [a.float() if a.is_floating_point() and a.dim() != 1 else a for a in low]
+    # the kernel reads alphas_cumprod in the input dtype, as the reference does
+    back[3] = args[3].to(dtype).double()
+    x_ref, boxes_ref = ref.box_q_sample(*back)
+    assert x_t.dtype == dtype and boxes.dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 6e-2
+    torch.testing.assert_close(x_t.float(), x_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(boxes.float(), boxes_ref, rtol=tol, atol=tol * 1400)
+
+
+@pytest.mark.cuda
+def test_opcheck_cuda():
+    gen = torch.Generator().manual_seed(0)
+    args = _inputs(2, 7, torch.float32, "cuda", gen)
+    torch.library.opcheck(torch.ops.idip.box_q_sample.default, args)

@@ -7,7 +7,7 @@ import idip.ops
 from idip.ops import _extension
 
 # Every op of DESIGN.md's contract that has landed in idip._C.
-REGISTERED_OPS = ["box_q_sample"]
+REGISTERED_OPS = ["box_q_sample", "box_ddim_step"]
 
 
 def test_build_info_matches_torch():

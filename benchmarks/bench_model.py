@@ -1,0 +1,166 @@
+"""End-to-end speed of IDIP and CondInst with the project's kernels and with the reference ops.
+
+Usage:
+    python benchmarks/bench_model.py --device cuda --out benchmarks/results/model-h100.json
+    python benchmarks/bench_model.py --device cpu --size 320 512 --out benchmarks/results/model-cpu.json
+
+For each model (R50, random weights — speed does not depend on the weights), each ops
+implementation (``MODEL.USE_REFERENCE_OPS`` False/True), it measures:
+- inference images/s at batch 1 and 8, fp32 and bf16 autocast;
+- one training iteration (forward + backward + optimizer step) at batch 2: time and peak memory.
+On a CPU the default image size is smaller (--size) and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import device_name, time_fn  # noqa: E402
+
+from idip.config import get_cfg  # noqa: E402
+from idip.modeling import build_model  # noqa: E402
+
+CONFIGS = {"IDIP": "configs/IDIP_R50.yaml", "CondInst": "configs/CondInst_R50_1x.yaml"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_cfg(arch: str, device: str, reference_ops: bool, num_classes: int = 80):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, CONFIGS[arch]))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.USE_REFERENCE_OPS = reference_ops
+    return cfg
+
+
+def make_batch(n: int, h: int, w: int, device: str, with_targets: bool, gen: torch.Generator):
+    batch = []
+    for i in range(n):
+        img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+        sample = {"image": img.to(device), "height": h, "width": w, "image_id": i, "file_name": f"{i}.png"}
+        if with_targets:
+            g = 8
+            xy = torch.rand(g, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+            wh = torch.rand(g, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3]) + 8
+            boxes = torch.cat([xy, xy + wh], 1)
+            masks = torch.zeros(g, h, w, dtype=torch.bool)
+            for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+                masks[k, y1:y2, x1:x2] = True
+            sample["instances"] = {
+                "boxes": boxes.to(device),
+                "classes": torch.randint(0, 80, (g,), generator=gen).to(device),
+                "masks": masks.to(device),
+            }
+        batch.append(sample)
+    return batch
+
+
+def peak_memory_mb(device: str) -> float | None:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, batches: list[int]) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    h, w = size
+    for reference in (False, True):
+        label = "reference ops" if reference else "idip kernels"
+        model = build_model(make_cfg(arch, device, reference))
+        model.eval()
+        for bs in batches:
+            for dtype in ("fp32", "bf16"):
+                batch = make_batch(bs, h, w, device, False, gen)
+
+                def infer():
+                    with torch.inference_mode(), torch.autocast(
+                        device_type="cuda" if device.startswith("cuda") else "cpu",
+                        dtype=torch.bfloat16, enabled=dtype == "bf16",
+                    ):
+                        model(batch)
+
+                try:
+                    ms = time_fn(infer, device, reps=reps, warmup=2)
+                    rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
+                                 "dtype": dtype, "time_ms": ms, "images_per_s": bs / (ms * 1e-3)})
+                except Exception as err:  # reported, never estimated
+                    rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
+                                 "dtype": dtype, "error": f"{type(err).__name__}: {err}"[:300]})
+                print(f"[bench_model] {rows[-1]}", flush=True)
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        batch = make_batch(2, h, w, device, True, gen)
+
+        def step():
+            losses = model(batch)
+            total = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            ms = time_fn(step, device, reps=max(3, reps // 2), warmup=2)
+            rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
+                         "time_ms": ms, "peak_memory_mb": peak_memory_mb(device)})
+        except Exception as err:
+            rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
+                         "error": f"{type(err).__name__}: {err}"[:300]})
+        print(f"[bench_model] {rows[-1]}", flush=True)
+        del model, opt
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--size", nargs=2, type=int, default=None, help="H W (default 800 1333; CPU 320 512)")
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    on_cpu = not args.device.startswith("cuda")
+    size = tuple(args.size) if args.size else ((320, 512) if on_cpu else (800, 1333))
+    reps = args.reps or (3 if on_cpu else 20)
+    rows = []
+    for arch in args.models:
+        rows += bench_arch(arch, args.device, size, reps, args.batches)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    result = {
+        "model": True, "device": device_name(args.device), "device_kind": args.device,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "image_size": list(size), "reps": reps,
+        "note": "CPU run at a reduced image size" if on_cpu else "800x1333 input", "rows": rows,
+    }
+    print(f"\n{result['device']} | {size[0]}x{size[1]} | commit {commit}")
+    print(f"{'model':9s} {'ops':14s} {'mode':9s} {'batch':>5s} {'dtype':5s} {'ms':>10s} {'img/s':>8s} {'mem MB':>8s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} error: {r['error']}")
+            continue
+        ips = f"{r['images_per_s']:.2f}" if "images_per_s" in r else ""
+        mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else ""
+        print(f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} {r['time_ms']:10.1f} {ips:>8s} {mem:>8s}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Training and test data loaders.
+
+Exact resume: the images of training batch k and the random augmentation of each of its samples
+are functions of (cfg.SEED, the sample's global position in the stream) only, so
+``build_train_loader(cfg, start_iter=k)`` yields what an uninterrupted run yields from iteration k
+on, with any number of loader workers. One iteration is SOLVER.GRAD_ACCUM_STEPS loader batches
+(one per forward pass), so the loader starts at batch ``k * GRAD_ACCUM_STEPS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..engine.distributed import get_rank, get_world_size
+from .coco import filter_empty_annotations, load_coco_json
+from .datasets import get_dataset, register_from_cfg
+from .image_io import ImageReadError
+from .mapper import DatasetMapper
+from .samplers import InferenceSampler, TrainBatchSampler, TrainingSampler, mix_seed
+from .serialized import SerializedList
+
+logger = logging.getLogger(__name__)
+
+_AUGMENT_STREAM = 0xA46  # keeps augmentation seeds apart from the order seeds
+_REPLACE_STREAM = 0x4E9
+_MAX_ATTEMPTS = 20  # reads per training sample before giving up (each failure draws another image)
+
+
+def grad_accum_steps(cfg) -> int:
+    """SOLVER.GRAD_ACCUM_STEPS, where 0 (automatic) means 1."""
+    steps = int(cfg.SOLVER.GRAD_ACCUM_STEPS)
+    if steps < 0:
+        raise ValueError(f"SOLVER.GRAD_ACCUM_STEPS must be >= 0, got {steps}")
+    return max(steps, 1)
+
+
+def train_batch_size_per_rank(cfg) -> int:
+    """Images per forward pass on one rank: IMS_PER_BATCH / world_size / accumulation steps.
+
+    Raises:
+        ValueError: SOLVER.IMS_PER_BATCH is not a multiple of world_size * accumulation steps.
+    """
+    total, world, steps = int(cfg.SOLVER.IMS_PER_BATCH), get_world_size(), grad_accum_steps(cfg)
+    if total <= 0 or total % (world * steps) != 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of world_size ({world}) x "
+            f"SOLVER.GRAD_ACCUM_STEPS ({steps}) = {world * steps}"
+        )
+    return total // (world * steps)
+
+
+def _data_seed(cfg) -> int:
+    return int(cfg.SEED) if int(cfg.SEED) >= 0 else 0
+
+
+def _load_records(names, filter_empty: bool) -> tuple[list[dict], list[str]]:
+    records: list[dict] = []
+    classes: list[str] | None = None
+    first = None
+    for name in names:
+        info = get_dataset(name)  # raises for missing files before anything else happens
+        dataset_records, categories = load_coco_json(info.json_file, info.image_root, name)
+        if classes is None:
+            classes, first = categories.names, name
+        elif categories.names != classes:
+            raise ValueError(
+                f"datasets '{first}' and '{name}' have different classes ({classes} vs "
+                f"{categories.names}); they cannot be trained on together"
+            )
+        if filter_empty:
+            dataset_records = filter_empty_annotations(dataset_records, name)
+        records.extend(dataset_records)
+    return records, classes or []
+
+
+class _TrainDataset(Dataset):
+    """Maps ``(dataset_index, global_position)`` to ``(sample, failures)``.
+
+    An unreadable image is replaced by another one drawn from ``(seed, position, attempt)``, so
+    the replacement is deterministic too; ``failures`` lists ``(file_name, reason)`` of the images
+    that failed for this sample (the main process counts and reports them).
+    """
+
+    def __init__(self, records: SerializedList, mapper: DatasetMapper, seed: int):
+        self.records, self.mapper, self.seed = records, mapper, seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, position = item
+        failures: list[tuple[str, str]] = []
+        for attempt in range(_MAX_ATTEMPTS):
+            rng = random.Random(mix_seed(_AUGMENT_STREAM, self.seed, position, attempt))
+            record = self.records[index]
+            try:
+                return self.mapper(record, rng), failures
+            except ImageReadError as exc:
+                failures.append((record["file_name"], exc.reason))
+                index = random.Random(
+                    mix_seed(_REPLACE_STREAM, self.seed, position, attempt)
+                ).randrange(len(self.records))
+        files = sorted({f for f, _ in failures})
+        raise RuntimeError(
+            f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: {files}"
+        )
+
+
+def _collate_train(batch):
+    samples = [sample for sample, _ in batch]
+    failures = [failure for _, fails in batch for failure in fails]
+    return samples, failures
+
+
+def _collate_test(batch):
+    return list(batch)
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # the loader's workers share the machine with the model
+
+
+class TrainLoader:
+    """Infinite iterator of per-rank training batches (``list[dict]``).
+
+    Unreadable images are skipped with a warning naming the file (another sample is drawn);
+    training stops with an error once more than ``max_bad_fraction`` of the dataset's images
+    (distinct files) failed.
+    """
+
+    def __init__(
+        self, loader: DataLoader, num_images: int, max_bad_fraction: float, batch_size: int
+    ):
+        self.loader, self.num_images, self.max_bad_fraction = loader, num_images, max_bad_fraction
+        self.batch_size = batch_size
+        self.bad_files: dict[str, str] = {}
+        self._iterator = None
+
+    def __iter__(self) -> "TrainLoader":
+        return self
+
+    def __next__(self) -> list[dict]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        samples, failures = next(self._iterator)
+        for file_name, reason in failures:
+            if file_name in self.bad_files:
+                continue
+            self.bad_files[file_name] = reason
+            logger.warning(
+                "skipped unreadable training image '%s' (%s); drew another image instead",
+                file_name,
+                reason,
+            )
+            if len(self.bad_files) > self.max_bad_fraction * self.num_images:
+                raise RuntimeError(
+                    f"{len(self.bad_files)} of {self.num_images} training images could not be "
+                    "read, more than "
+                    f"DATALOADER.MAX_BAD_IMAGE_FRACTION={self.max_bad_fraction}; first ones: "
+                    + ", ".join(f"'{f}'" for f in list(self.bad_files)[:5])
+                )
+        return samples
+
+
+def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
+    """Builds the training loader of this rank, starting at iteration ``start_iter``.
+
+    Each ``next()`` gives the batch of one forward pass (train_batch_size_per_rank images); an
+    iteration with gradient accumulation takes GRAD_ACCUM_STEPS of them, so the first batch
+    yielded is batch ``start_iter * GRAD_ACCUM_STEPS`` of an uninterrupted run.
+
+    Reads DATASETS.TRAIN (several datasets are concatenated; their classes must agree), INPUT.*,
+    DATALOADER.*, SOLVER.IMS_PER_BATCH / GRAD_ACCUM_STEPS and SEED (< 0 counts as 0 here: the
+    engine is expected to set a concrete seed).
+
+    Raises:
+        FileNotFoundError: an annotation file or image folder is missing (message names it).
+        ValueError: a bad config value (message names the key).
+    """
+    if start_iter < 0:
+        raise ValueError(f"build_train_loader: 'start_iter' must be >= 0, got {start_iter}")
+    register_from_cfg(cfg)
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty: name at least one dataset to train on")
+    batch_size = train_batch_size_per_rank(cfg)
+    mapper = DatasetMapper.from_config(cfg, is_train=True)
+    records, _ = _load_records(names, bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
+    if not records:
+        raise ValueError(f"no training images with usable annotations in {names}")
+    seed = _data_seed(cfg)
+    sampler = TrainingSampler(
+        len(records), seed, shuffle=True, rank=get_rank(), world_size=get_world_size()
+    )
+    group_ids = None
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        group_ids = np.array(
+            [0 if r["width"] >= r["height"] else 1 for r in records], dtype=np.int64
+        )
+    batch_sampler = TrainBatchSampler(
+        sampler, batch_size, group_ids=group_ids, start_batch=start_iter * grad_accum_steps(cfg)
+    )
+    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+    loader = DataLoader(
+        _TrainDataset(SerializedList(records), mapper, seed),
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=_collate_train,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )
+    logger.info(
+        "training loader: %d images from %s, %d per rank and forward pass, %d passes per "
+        "iteration, starting at iteration %d",
+        len(records),
+        names,
+        batch_size,
+        grad_accum_steps(cfg),
+        start_iter,
+    )
+    return TrainLoader(
+        loader, len(records), float(cfg.DATALOADER.MAX_BAD_IMAGE_FRACTION), batch_size
+    )
+
+
+class _TestDataset(Dataset):
+    def __init__(self, records: SerializedList, mapper: DatasetMapper):
+        self.records, self.mapper = records, mapper
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.mapper(self.records[index], random.Random(0))  # no randomness at test time
+
+
+def build_test_loader(cfg, dataset_name: str) -> DataLoader:
+    """Builds the loader of one dataset for inference: every image exactly once over all ranks
+    (contiguous shards), batches of TEST.IMS_PER_BATCH, samples without "instances".
+
+    An unreadable image raises :class:`~idip.data.image_io.ImageReadError` naming the file.
+    """
+    register_from_cfg(cfg)
+    records, _ = _load_records([dataset_name], filter_empty=False)
+    sampler = InferenceSampler(len(records), get_rank(), get_world_size())
+    batch_size = int(cfg.TEST.IMS_PER_BATCH)
+    if batch_size <= 0:
+        raise ValueError(f"TEST.IMS_PER_BATCH must be > 0, got {batch_size}")
+    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+    return DataLoader(
+        _TestDataset(SerializedList(records), DatasetMapper.from_config(cfg, is_train=False)),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=_collate_test,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )

@@ -1,0 +1,510 @@
+"""Loading pretrained ResNet (and FPN) weights from torchvision, detectron2 and Caffe2 checkpoints.
+
+Three naming schemes are recognised and mapped onto this package's ResNet (torchvision names):
+
+- torchvision: ``conv1.weight``, ``bn1.running_mean``, ``layer1.0.conv1.weight``,
+  ``layer1.0.downsample.0.weight``, ``fc.*`` (ignored).
+- detectron2: ``stem.conv1.weight``, ``stem.conv1.norm.weight``, ``res2.0.conv1.weight``,
+  ``res2.0.conv1.norm.running_var``, ``res2.0.shortcut.weight``, usually in a ``.pkl`` holding
+  ``{"model": {name: numpy array}, "__author__": ..., "matching_heuristics": ...}``; a full
+  detectron2 model adds ``backbone.bottom_up.`` before these and ``backbone.fpn_lateral3.*``,
+  ``backbone.fpn_output3.*``, ``backbone.top_block.p6.*`` for the FPN, which are loaded too when
+  the target has an FPN.
+- Caffe2 (the MSRA ImageNet ``R-50.pkl``/``R-101.pkl``): ``conv1_w``, ``res_conv1_bn_s``,
+  ``res2_0_branch2a_w``, ``res2_0_branch1_bn_b``, ``fc1000_*`` (ignored).
+
+MSRA/Caffe2 weights put the bottleneck stride on the first 1x1 conv, were trained on BGR images
+with std 1, and store batch norms already folded into a scale and a shift (no running stats).
+They need a ResNet built with ``stride_in_1x1=True``; the loader flips the stem's input channels
+to RGB (this package always feeds RGB) and sets the missing running stats so the folded affine is
+reproduced exactly. Set MODEL.PIXEL_STD to [1.0, 1.0, 1.0] for them.
+
+``.pkl`` files are read with an unpickler that only builds numpy arrays and plain containers, so a
+crafted file cannot run code; ``.pth`` files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fpn import FPN
+from .resnet import ResNet
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the module; the message names the source."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading files
+# ------------------------------------------------------------------------------------------------
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    # NumPy 2 pickles arrays through numpy._core, NumPy 1 through numpy.core; accept both names
+    # and resolve them to whatever this NumPy provides, without importing deprecated modules.
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    scalar = core.multiarray.scalar
+    allowed: dict[tuple[str, str], Any] = {}
+    frombuffer = core.numeric._frombuffer  # protocol 5 arrays: bytes + dtype + shape
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(package + ".multiarray", "_reconstruct")] = reconstruct
+        allowed[(package + ".multiarray", "scalar")] = scalar
+        allowed[(package + ".numeric", "_frombuffer")] = frombuffer
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    # Bytes pickled by Python 3 with protocol <= 2 come back through _codecs.encode(str, "latin1"),
+    # a pure string-to-bytes conversion.
+    import _codecs
+
+    allowed[("_codecs", "encode")] = _codecs.encode
+    allowed[("collections", "OrderedDict")] = OrderedDict
+    return allowed
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can only build numpy arrays, numpy dtypes/scalars and builtin containers."""
+
+    _allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load the global '{module}.{name}': only numpy arrays and plain "
+                "containers are allowed in a weights .pkl"
+            ) from None
+
+
+def _read_pickle(path: str) -> Any:
+    with open(path, "rb") as f:
+        try:
+            # latin1 turns Python 2 byte strings (Caffe2-era files) into str keys and raw bytes.
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"cannot load weights file '{path}': {e}") from None
+        except Exception as e:  # truncated or not a pickle at all
+            raise CheckpointError(
+                f"cannot load weights file '{path}': not a readable pickle "
+                f"({type(e).__name__}: {e})"
+            ) from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Reads a weights file without executing code from it.
+
+    ``.pkl``: restricted unpickler (numpy arrays and containers only). Anything else:
+    ``torch.load(map_location="cpu", weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: unreadable, corrupt, or asks to build a forbidden object.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file '{path}' does not exist")
+    if path.endswith(".pkl"):
+        return _read_pickle(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot load weights file '{path}' with torch.load(weights_only=True): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Recognising and renaming keys
+# ------------------------------------------------------------------------------------------------
+
+_ROOT_PATTERNS = {
+    "torchvision": re.compile(r"(conv1\.|bn1\.|layer[1-4]\.\d+\.|fc\.)"),
+    "detectron2": re.compile(r"(stem\.|res[2-5]\.\d+\.)"),
+    "caffe2": re.compile(r"(conv1_[wb]$|res_conv1_bn_|res[2-5]_\d+_branch|fc1000_)"),
+}
+# A prefix that itself ends inside a ResNet (a block, the stem) is never the backbone's root.
+_INNER_PREFIX = re.compile(
+    r"(^|\.)((layer[1-4]|res[2-5])\.\d+|stem|downsample(\.\d+)?|shortcut)\.$"
+)
+_FPN_KEY = re.compile(r"(fpn_lateral\d+|fpn_output\d+|top_block\.p[67])\.")
+_NORM_FIELDS = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
+_C2_BRANCH = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
+
+
+def _caffe2_to_detectron2(name: str) -> str | None:
+    """Caffe2 blob name -> detectron2 name; None for blobs with no ResNet counterpart (fc)."""
+    if m := re.fullmatch(r"conv1_([wb])", name):
+        return "stem.conv1." + ("weight" if m[1] == "w" else "bias")
+    if m := re.fullmatch(r"res_conv1_[bg]n_(s|b|rm|riv)", name):
+        return "stem.conv1.norm." + _NORM_FIELDS[m[1]]
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_([wb])", name):
+        return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}." + ("weight" if m[4] == "w" else "bias")
+    if m := re.fullmatch(r"res(\d)_(\d+)_branch(1|2a|2b|2c)_[bg]n_(s|b|rm|riv)", name):
+        return f"res{m[1]}.{m[2]}.{_C2_BRANCH[m[3]]}.norm.{_NORM_FIELDS[m[4]]}"
+    return None
+
+
+def _detectron2_to_torchvision(name: str) -> str | None:
+    """detectron2 ResNet name -> torchvision name; None for names with no counterpart (fc)."""
+    if m := re.fullmatch(r"stem\.conv1\.(weight|bias)", name):
+        return f"conv1.{m[1]}"
+    if m := re.fullmatch(r"stem\.conv1\.norm\.(\w+)", name):
+        return f"bn1.{m[1]}"
+    if m := re.fullmatch(r"res([2-5])\.(\d+)\.conv([1-3])\.(weight|bias)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}.{m[4]}"
+    if m := re.fullmatch(r"res([2-5])\.(\d+)\.conv([1-3])\.norm\.(\w+)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}.{m[4]}"
+    if m := re.fullmatch(r"res([2-5])\.(\d+)\.shortcut\.(weight|bias)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.0.{m[3]}"
+    if m := re.fullmatch(r"res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)", name):
+        return f"layer{int(m[1]) - 1}.{m[2]}.downsample.1.{m[3]}"
+    return None
+
+
+def _is_ignorable(name: str) -> bool:
+    """Checkpoint entries that are expected and never loaded: classifier, BN step counters."""
+    return bool(
+        re.match(r"(fc|stem\.fc|linear|fc1000_)", name)
+        or name.endswith("num_batches_tracked")
+        or name.endswith("_momentum")
+    )
+
+
+def _find_root(keys: list[str]) -> tuple[str, str]:
+    """The prefix under which most keys look like ResNet keys, and the naming scheme there."""
+    prefixes: Counter[str] = Counter()
+    for key in keys:
+        starts = [0] + [i + 1 for i, ch in enumerate(key) if ch == "."]
+        for start in starts:
+            prefix, rest = key[:start], key[start:]
+            if _INNER_PREFIX.search(prefix):
+                continue
+            if any(p.match(rest) for p in _ROOT_PATTERNS.values()):
+                prefixes[prefix] += 1
+    if not prefixes:
+        return "", ""
+    best = max(prefixes.items(), key=lambda item: (item[1], -len(item[0])))[0]
+    schemes: Counter[str] = Counter()
+    for key in keys:
+        if key.startswith(best):
+            for scheme, pattern in _ROOT_PATTERNS.items():
+                if pattern.match(key[len(best):]) and not _is_ignorable(key[len(best):]):
+                    schemes[scheme] += 1
+    if not schemes:
+        return best, ""
+    return best, schemes.most_common(1)[0][0]
+
+
+def _unwrap(obj: Any, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns (flat name -> tensor/array dict, metadata such as __author__)."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of weights, got {type(obj).__name__}")
+    meta = {k: v for k, v in obj.items() if isinstance(k, str) and k.startswith("__")}
+    if "matching_heuristics" in obj:
+        meta["matching_heuristics"] = obj["matching_heuristics"]
+    for wrapper in ("model", "state_dict", "blobs"):
+        inner = obj.get(wrapper)
+        if isinstance(inner, Mapping):
+            return _unwrap_plain(inner), meta
+    return _unwrap_plain(obj), meta
+
+
+def _unwrap_plain(obj: Mapping) -> dict[str, Any]:
+    return {str(k): v for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What ``load_backbone_weights`` did. Key names are the target module's own names.
+
+    Attributes:
+        source: file path, or "<state_dict>".
+        format: "torchvision", "detectron2" or "caffe2".
+        loaded: keys whose values were copied.
+        missing: backbone keys the checkpoint did not provide (left as they were).
+        unexpected: checkpoint keys with no place in the module (checkpoint names).
+        mismatched: (key, checkpoint shape, module shape) for keys not loaded because of shape.
+        ignored: checkpoint entries deliberately skipped (classifier, step counters).
+        notes: conversions applied (channel flip, filled running stats, ...).
+    """
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every backbone key was loaded and nothing was left over or mismatched."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        text = (
+            f"loaded {len(self.loaded)} tensors from {self.format} weights {self.source}: "
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} shape-mismatched, {len(self.ignored)} ignored"
+        )
+        details = []
+        if self.missing:
+            details.append("missing " + _abbreviate(self.missing))
+        if self.unexpected:
+            details.append("unexpected " + _abbreviate(self.unexpected))
+        if self.mismatched:
+            details.append("mismatched " + _abbreviate(
+                [f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched]))
+        return text + (f" ({'; '.join(details)})" if details else "")
+
+
+def _abbreviate(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
+def _find_target(module: nn.Module) -> tuple[str, ResNet, str | None, FPN | None]:
+    """(prefix, ResNet, FPN prefix, FPN) inside ``module``; prefixes end with '.' or are ''."""
+    found = [(name, m) for name, m in module.named_modules() if isinstance(m, ResNet)]
+    if not found:
+        raise CheckpointError(
+            f"load_backbone_weights: no ResNet found inside the given {type(module).__name__}"
+        )
+    if len(found) > 1:
+        raise CheckpointError(
+            "load_backbone_weights: the module holds several ResNets "
+            f"({[n or '<root>' for n, _ in found]}); pass the one to load"
+        )
+    resnet_name, resnet = found[0]
+    fpn_name, fpn = None, None
+    for name, m in module.named_modules():
+        if isinstance(m, FPN) and m.bottom_up is resnet:
+            fpn_name, fpn = name, m
+    prefix = resnet_name + "." if resnet_name else ""
+    fpn_prefix = None if fpn is None else (fpn_name + "." if fpn_name else "")
+    return prefix, resnet, fpn_prefix, fpn
+
+
+def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str], keys: list[str],
+                 target_norm: str) -> bool | None:
+    """True for MSRA-style weights (stride in the 1x1), False for torchvision-style ones (stride
+    in the 3x3), None when the checkpoint does not tell."""
+    if scheme == "caffe2":
+        # Detectron's GroupNorm ImageNet models (FAIR, "_gn_" blobs) put the stride in the 3x3.
+        return None if any("_gn_" in k for k in keys) else True
+    if scheme == "torchvision":
+        return False
+    author = str(meta.get("__author__", "")).lower()
+    if "msra" in author or "caffe2" in author:
+        return True
+    if author == "torchvision":
+        return False
+    has_norm = any(".norm.weight" in n for n in names)
+    has_stats = any(n.endswith(".norm.running_mean") for n in names)
+    if has_norm and not has_stats and target_norm not in ("GN", ""):
+        return True  # batch norms folded into scale and shift: the MSRA release format
+    return None
+
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    return None
+
+
+def load_backbone_weights(
+    module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping
+) -> LoadReport:
+    """Loads pretrained backbone weights into the ResNet (and FPN) found in ``module``.
+
+    Args:
+        module: a ResNet, an FPN over a ResNet (keys under ``bottom_up.``), or a whole model
+            holding exactly one ResNet anywhere.
+        path_or_state_dict: a ``.pth``/``.pt`` (torchvision) or ``.pkl`` (detectron2, Caffe2)
+            file, or an already-loaded dict (optionally wrapped in "model"/"state_dict").
+
+    Returns:
+        a LoadReport; its one-line ``str`` is also logged. Keys with the wrong shape are reported
+        and not loaded; the rest of the module is left untouched.
+
+    Raises:
+        FileNotFoundError / CheckpointError: unreadable file, no ResNet weights recognised, or
+            a stride convention (``stride_in_1x1``) that does not match the module.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, raw = "<state_dict>", path_or_state_dict
+    else:
+        source = f"'{os.fspath(path_or_state_dict)}'"
+        raw = read_checkpoint(path_or_state_dict)
+    weights, meta = _unwrap(raw, source)
+
+    prefix, resnet, fpn_prefix, fpn = _find_target(module)
+    root, scheme = _find_root(list(weights))
+    if not scheme:
+        raise CheckpointError(
+            f"{source}: no ResNet weights recognised (torchvision 'layer1.0.conv1.weight', "
+            f"detectron2 'res2.0.conv1.weight' or Caffe2 'res2_0_branch2a_w' names); first keys: "
+            f"{list(weights)[:5]}"
+        )
+    report = LoadReport(source=source, format=scheme)
+
+    # checkpoint key -> (module key relative to the ResNet or the FPN, the owning module)
+    plan: dict[str, tuple[str, nn.Module]] = {}
+    detectron2_names: list[str] = []
+    fpn_root = root[: -len("bottom_up.")] if root.endswith("bottom_up.") else None
+    for key, value in weights.items():
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            report.ignored.append(key)
+            continue
+        in_fpn = fpn_root is not None and key.startswith(fpn_root)
+        if in_fpn and _FPN_KEY.match(key[len(fpn_root):]):
+            if fpn is None:
+                report.unexpected.append(key)
+            else:
+                plan[key] = (key[len(fpn_root):], fpn)
+            continue
+        if not key.startswith(root):
+            report.unexpected.append(key)
+            continue
+        name = key[len(root):]
+        if _is_ignorable(name):
+            report.ignored.append(key)
+            continue
+        if scheme == "caffe2":
+            name = _caffe2_to_detectron2(name)
+        if name is not None and scheme in ("caffe2", "detectron2"):
+            detectron2_names.append(name)
+            name = _detectron2_to_torchvision(name)
+        if name is None:
+            report.unexpected.append(key)
+        else:
+            plan[key] = (name, resnet)
+
+    caffe_style = _caffe_style(scheme, meta, detectron2_names, list(weights), resnet.norm)
+    # Caffe2-era weights were trained on BGR images with pixel std 1 and store folded norms.
+    caffe_input = caffe_style is True or scheme == "caffe2"
+    bottleneck = resnet.depth >= 50
+    if caffe_style is True and bottleneck and not resnet.stride_in_1x1:
+        raise CheckpointError(
+            f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
+            "conv) but the ResNet was built with stride_in_1x1=False; build it with "
+            "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
+        )
+    if caffe_style is False and bottleneck and resnet.stride_in_1x1:
+        if scheme == "torchvision":
+            # This package's own ResNet also uses torchvision names, whatever its stride
+            # convention, so torchvision names alone do not prove torchvision weights.
+            report.notes.append(
+                "WARNING: torchvision-named weights (torchvision models put the bottleneck "
+                "stride on the 3x3 conv) loaded into a ResNet with stride_in_1x1=True"
+            )
+        else:
+            raise CheckpointError(
+                f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) "
+                "but the ResNet was built with stride_in_1x1=True; build it with "
+                "stride_in_1x1=False (MODEL.RESNETS.STRIDE_IN_1X1 False)"
+            )
+    if caffe_style is None and scheme == "detectron2" and resnet.depth >= 50:
+        report.notes.append(
+            f"stride convention of {source} unknown (author {meta.get('__author__')!r}); "
+            f"assumed it matches stride_in_1x1={resnet.stride_in_1x1}"
+        )
+
+    targets = {id(resnet): _named_tensors(resnet), id(fpn): _named_tensors(fpn) if fpn else {}}
+    full_name = {id(resnet): prefix, id(fpn): fpn_prefix}
+    loaded_rel: dict[int, set[str]] = {id(resnet): set(), id(fpn): set()}
+    with torch.no_grad():
+        for key, (name, owner) in plan.items():
+            target = targets[id(owner)].get(name)
+            if target is None:
+                report.unexpected.append(key)
+                continue
+            value = _as_tensor(weights[key])
+            if caffe_input and owner is resnet and name == "conv1.weight" and value.dim() == 4:
+                value = value.flip(1)  # BGR -> RGB input channels
+                report.notes.append("flipped conv1 input channels from BGR to RGB")
+            if tuple(value.shape) != tuple(target.shape):
+                report.mismatched.append(
+                    (full_name[id(owner)] + name, tuple(value.shape), tuple(target.shape)))
+                continue
+            target.copy_(value.to(dtype=target.dtype))
+            loaded_rel[id(owner)].add(name)
+            report.loaded.append(full_name[id(owner)] + name)
+
+        if caffe_input:
+            filled = _fill_folded_norm_stats(resnet, loaded_rel[id(resnet)])
+            if filled:
+                report.notes.append(
+                    f"set running_mean=0, running_var=1-eps in {filled} norms (Caffe2 stores "
+                    "batch norms folded into scale and shift)")
+            report.notes.append("weights expect inputs with pixel std 1: set MODEL.PIXEL_STD to "
+                                "[1.0, 1.0, 1.0]")
+
+    checked = [resnet] + ([fpn] if any(o is fpn for _, o in plan.values()) else [])
+    for owner in checked:  # an FPN the checkpoint says nothing about keeps its fresh init quietly
+        for name in targets[id(owner)]:
+            if name not in loaded_rel[id(owner)] and not name.endswith("num_batches_tracked"):
+                report.missing.append(full_name[id(owner)] + name)
+
+    _log(report)
+    return report
+
+
+def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    if isinstance(module, FPN):
+        # The FPN's bottom-up ResNet is loaded through its own entry.
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("bottom_up.")}
+    return tensors
+
+
+def _fill_folded_norm_stats(resnet: ResNet, loaded: set[str]) -> int:
+    """Sets mean 0, var 1-eps where a norm got weight/bias but no running stats; returns count."""
+    count = 0
+    for name, norm in resnet.named_modules():
+        if not hasattr(norm, "running_var") or not isinstance(norm.running_var, torch.Tensor):
+            continue
+        if f"{name}.weight" in loaded and f"{name}.running_var" not in loaded:
+            norm.running_mean.zero_()
+            # 1 - eps makes weight / sqrt(var + eps) equal to the stored scale exactly.
+            norm.running_var.fill_(1.0 - norm.eps)
+            loaded.update({f"{name}.running_mean", f"{name}.running_var"})
+            count += 1
+    return count
+
+
+def _log(report: LoadReport) -> None:
+    level = logging.INFO if report.ok else logging.WARNING
+    logger.log(level, "%s", report)
+    for note in report.notes:
+        logger.log(logging.WARNING if note.startswith("WARNING") else logging.INFO,
+                   "backbone weights: %s", note)
