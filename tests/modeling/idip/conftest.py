@@ -52,4 +52,19 @@ def roi_ops():
         ops = None
     if ops is not None and all(hasattr(ops, n) for n in ("roi_align", "multilevel_roi_align", "batched_nms")):
         return ops
-    return _torchvision_ops()
+    shim = _torchvision_ops()
+    if ops is not None:
+        # Keep the kernels that exist (box_q_sample, box_ddim_step, ...), add the stand-ins.
+        for name in getattr(ops, "__all__", []):
+            if not hasattr(shim, name):
+                setattr(shim, name, getattr(ops, name))
+    return shim
+
+
+@pytest.fixture
+def model_ops(roi_ops, monkeypatch):
+    """Makes models built in the test use ``roi_ops`` (the real ops once they all exist)."""
+    from idip.modeling.idip import detector
+
+    monkeypatch.setattr(detector, "select_ops", lambda use_reference: roi_ops)
+    return roi_ops

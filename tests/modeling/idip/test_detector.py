@@ -12,6 +12,8 @@ from idip.modeling import build_model
 
 shapes = pytest.importorskip("idip.data.shapes")
 
+pytestmark = pytest.mark.usefixtures("model_ops")
+
 
 def tiny_cfg(**overrides):
     cfg = get_cfg()
@@ -119,6 +121,7 @@ def test_inference_without_detections_is_valid_and_empty():
     assert out["masks"].shape == (0, 150, 120) and out["masks"].dtype == torch.bool
 
 
+@pytest.mark.slow
 def test_batched_inference_equals_per_image():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**{"MODEL.IDIP.MASK_NORM": "GN"})).eval()
