@@ -242,7 +242,8 @@ class IDIPHead(nn.Module):
                 proposal_feat = roi_feat.flatten(2).mean(-1).reshape(b, n, -1)
             proposal_feat = stage(proposal_feat, roi_feat)
             logits, deltas = self.box_head(proposal_feat, time_encoder(t))
-            pred_boxes = apply_box_deltas(deltas, boxes, BOX_DELTA_WEIGHTS)
+            # Decoded in float32: bf16/fp16 (autocast) cannot hold pixel coordinates of large images.
+            pred_boxes = apply_box_deltas(deltas.float(), boxes.float(), BOX_DELTA_WEIGHTS)
             outputs.append({"logits": logits, "boxes": pred_boxes, "proposal_feat": proposal_feat})
             boxes = pred_boxes.detach()
         return outputs
