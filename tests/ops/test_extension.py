@@ -7,7 +7,20 @@ import idip.ops
 from idip.ops import _extension
 
 # Every op of DESIGN.md's contract that has landed in idip._C.
-REGISTERED_OPS = ["box_q_sample", "box_ddim_step"]
+REGISTERED_OPS = [
+    "box_q_sample",
+    "box_ddim_step",
+    "roi_align",
+    "roi_align_backward",
+    "multilevel_roi_align",
+    "multilevel_roi_align_backward",
+    "nms",
+    "batched_nms",
+    "aligned_upsample",
+    "aligned_upsample_backward",
+    "dynamic_mask_head",
+    "dynamic_mask_head_backward",
+]
 
 
 def test_build_info_matches_torch():

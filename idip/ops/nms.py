@@ -1,0 +1,61 @@
+"""``nms`` and ``batched_nms``: greedy non-maximum suppression (torchvision's keep set)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _extension  # noqa: F401  (loads idip._C)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS: keeps a box unless a kept, higher-scoring box overlaps it with IoU > threshold.
+
+    Same keep set as ``torchvision.ops.nms`` on the CPU (equal scores are taken in index order, a
+    stable sort, on every device; a pair with IoU exactly equal to the threshold is not
+    suppressed; degenerate boxes, whose IoU is NaN,
+    are never suppressed). On CUDA the whole computation stays on the device; the only
+    synchronisation reads the number of kept boxes.
+
+    Args:
+        boxes: [K, 4] boxes (x1, y1, x2, y2), float32/float64 (float16/bfloat16 on CUDA).
+        scores: [K] scores, same dtype and device.
+        iou_threshold: suppression threshold.
+
+    Returns:
+        [M] int64 indices into ``boxes`` of the kept boxes, by decreasing score.
+    """
+    return torch.ops.idip.nms(boxes, scores, float(iou_threshold))
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS: boxes suppress each other only when their ``idxs`` are equal.
+
+    Args:
+        boxes: [K, 4] boxes (x1, y1, x2, y2).
+        scores: [K] scores, same dtype and device.
+        idxs: [K] integer class (or image) of each box.
+        iou_threshold: suppression threshold.
+
+    Returns:
+        [M] int64 indices of the kept boxes, by decreasing score.
+    """
+    return torch.ops.idip.batched_nms(boxes, scores, idxs, float(iou_threshold))
+
+
+def _fake_nms(boxes, scores):
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"nms: boxes must be [K, 4], got {boxes.shape}")
+    torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "nms: scores must be [K]")
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept,), dtype=torch.int64)
+
+
+@torch.library.register_fake("idip::nms")
+def _(boxes, scores, iou_threshold):
+    return _fake_nms(boxes, scores)
+
+
+@torch.library.register_fake("idip::batched_nms")
+def _(boxes, scores, idxs, iou_threshold):
+    torch._check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], lambda: "batched_nms: idxs must be [K]")
+    return _fake_nms(boxes, scores)

@@ -1,0 +1,157 @@
+"""dynamic_mask_head against AdelaiDet's grouped-convolution formulation, forward and backward."""
+
+import pytest
+import torch
+
+from idip.ops import dynamic_mask_head, dynamic_mask_head_num_params
+from idip.ops import reference as ref
+
+from ..conftest import DEVICES
+
+STRIDE = 8
+
+
+def _inputs(B, N, H, W, dtype, device, gen, feat_channels=8, channels=8, num_layers=3, rel_coords=True):
+    P = dynamic_mask_head_num_params(feat_channels, channels, num_layers, rel_coords)
+    mask_feats = torch.randn(B, feat_channels, H, W, generator=gen, dtype=torch.float64)
+    params = torch.randn(N, P, generator=gen, dtype=torch.float64) * 0.5
+    im_inds = torch.randint(0, B, (N,), generator=gen)
+    locations = torch.rand(N, 2, generator=gen, dtype=torch.float64) * torch.tensor(
+        [W * STRIDE, H * STRIDE], dtype=torch.float64)
+    soi = torch.tensor([16.0, 32.0, 64.0, 128.0], dtype=torch.float64)[
+        torch.randint(0, 4, (N,), generator=gen)]
+    tensors = [t.to(device) for t in (mask_feats, params, im_inds, locations, soi)]
+    for i in (0, 1, 3, 4):
+        tensors[i] = tensors[i].to(dtype)
+    return tensors, dict(mask_stride=STRIDE, channels=channels, num_layers=num_layers,
+                         rel_coords=rel_coords)
+
+
+def _run(fn, tensors, kwargs, grad_out):
+    feats = tensors[0].detach().clone().requires_grad_(True)
+    params = tensors[1].detach().clone().requires_grad_(True)
+    out = fn(feats, params, *tensors[2:], **kwargs)
+    g_feats, g_params = torch.autograd.grad(out, (feats, params), grad_out)
+    return out.detach(), g_feats, g_params
+
+
+def _assert_close_rel(actual, expected, rtol):
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-6))
+
+
+def _check_against_reference(tensors, kwargs, dtype, gen):
+    N, H, W = tensors[1].shape[0], tensors[0].shape[2], tensors[0].shape[3]
+    grad_out = torch.randn(N, 1, H, W, generator=gen, dtype=torch.float64).to(tensors[0])
+    got = _run(dynamic_mask_head, tensors, kwargs, grad_out)
+    want = _run(ref.dynamic_mask_head, tensors, kwargs, grad_out)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        _assert_close_rel(a, b, rtol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rel_coords", [True, False])
+@pytest.mark.parametrize("B,N,H,W", [(1, 1, 5, 7), (2, 37, 11, 15), (2, 500, 9, 13), (1, 0, 5, 7)])
+def test_matches_reference(device, dtype, rel_coords, B, N, H, W):
+    gen = torch.Generator().manual_seed(B * 7919 + N * 31 + H)
+    tensors, kwargs = _inputs(B, N, H, W, dtype, device, gen, rel_coords=rel_coords)
+    _check_against_reference(tensors, kwargs, dtype, gen)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("feat_channels,channels,num_layers", [(3, 4, 2), (8, 8, 1), (5, 16, 4), (8, 32, 3)])
+def test_other_widths_and_depths(device, feat_channels, channels, num_layers):
+    gen = torch.Generator().manual_seed(feat_channels * 100 + channels * 10 + num_layers)
+    tensors, kwargs = _inputs(2, 13, 7, 9, torch.float64, device, gen, feat_channels=feat_channels,
+                              channels=channels, num_layers=num_layers)
+    _check_against_reference(tensors, kwargs, torch.float64, gen)
+
+
+@pytest.mark.parametrize("rel_coords", [True, False])
+@pytest.mark.parametrize("feat_channels,channels,num_layers", [(8, 8, 3), (3, 4, 2), (2, 3, 4)])
+def test_gradcheck(rel_coords, feat_channels, channels, num_layers):
+    gen = torch.Generator().manual_seed(1)
+    tensors, kwargs = _inputs(2, 3, 3, 5, torch.float64, "cpu", gen, feat_channels=feat_channels,
+                              channels=channels, num_layers=num_layers, rel_coords=rel_coords)
+    feats, params = (t.requires_grad_(True) for t in tensors[:2])
+    rest = tensors[2:]
+    assert torch.autograd.gradcheck(lambda f, p: dynamic_mask_head(f, p, *rest, **kwargs), (feats, params))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_instances(device):
+    gen = torch.Generator().manual_seed(0)
+    tensors, kwargs = _inputs(2, 0, 5, 7, torch.float32, device, gen)
+    feats, params = (t.requires_grad_(True) for t in tensors[:2])
+    out = dynamic_mask_head(feats, params, *tensors[2:], **kwargs)
+    assert out.shape == (0, 1, 5, 7)
+    out.sum().backward()
+    assert torch.equal(feats.grad, torch.zeros_like(feats))
+    assert params.grad.shape == (0, 169)
+
+
+def test_num_params_matches_condinst():
+    assert dynamic_mask_head_num_params(8) == 169
+    assert dynamic_mask_head_num_params(8, rel_coords=False) == 153
+
+
+def test_hand_computed_pixel():
+    # One instance, one 1x1 image, 1 feature channel, 2 layers of width 1 without coordinates:
+    # logit = w1 * relu(w0 * f + b0) + b1 = 3 * relu(2 * 1.5 - 1) + 0.5 = 6.5.
+    feats = torch.tensor([[[[1.5]]]])
+    params = torch.tensor([[2.0, 3.0, -1.0, 0.5]])
+    out = dynamic_mask_head(feats, params, torch.tensor([0]), torch.zeros(1, 2), torch.ones(1),
+                            8, channels=1, num_layers=2, rel_coords=False)
+    torch.testing.assert_close(out, torch.tensor([[[[6.5]]]]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rejects_bad_arguments(device):
+    gen = torch.Generator().manual_seed(0)
+    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float32, device, gen)
+    feats, params, im_inds, locations, soi = tensors
+    with pytest.raises(ValueError, match=r"params must be \[N, 169\]"):
+        dynamic_mask_head(feats, params[:, :150], im_inds, locations, soi, **kwargs)
+    with pytest.raises(RuntimeError, match="params must have P = 169 columns"):
+        torch.ops.idip.dynamic_mask_head(feats, params[:, :150], im_inds, locations, soi, 8)
+    with pytest.raises(RuntimeError, match="soi must be"):
+        dynamic_mask_head(feats, params, im_inds, locations, soi[:2], **kwargs)
+    with pytest.raises(RuntimeError, match="params must have the dtype of mask_feats"):
+        dynamic_mask_head(feats, params.double(), im_inds, locations, soi, **kwargs)
+
+
+def test_rejects_image_index_out_of_range():
+    gen = torch.Generator().manual_seed(0)
+    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float32, "cpu", gen)
+    tensors[2] = torch.tensor([0, 2, 1])
+    with pytest.raises(RuntimeError, match=r"im_inds\[1\] = 2 is outside \[0, 2\)"):
+        dynamic_mask_head(*tensors, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cuda(dtype):
+    gen = torch.Generator().manual_seed(3)
+    tensors, kwargs = _inputs(2, 37, 11, 15, torch.float32, "cuda", gen)
+    low = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+    grad_out = torch.randn(37, 1, 11, 15, generator=gen).cuda()
+    got = _run(dynamic_mask_head, low[:2] + tensors[2:], kwargs, grad_out.to(dtype))
+    # The reference in float32 on the same (rounded) inputs.
+    want = _run(ref.dynamic_mask_head, [low[0].float(), low[1].float()] + tensors[2:], kwargs, grad_out)
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        _assert_close_rel(a.float(), b, 2e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+def test_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    tensors, kwargs = _inputs(2, 4, 3, 5, torch.float32, "cpu", gen)
+    tensors[0].requires_grad_(True)
+    tensors[1].requires_grad_(True)
+    torch.library.opcheck(torch.ops.idip.dynamic_mask_head.default, tuple(tensors), kwargs)
+    grad = torch.randn(4, 1, 3, 5, generator=gen)
+    args = (grad, *(t.detach() for t in tensors), STRIDE, 8, 3, True)
+    torch.library.opcheck(torch.ops.idip.dynamic_mask_head_backward.default, args)

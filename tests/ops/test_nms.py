@@ -1,0 +1,156 @@
+"""nms and batched_nms against the plain-PyTorch reference, torchvision and hand-made cases."""
+
+import pytest
+import torch
+
+from idip.ops import batched_nms, nms
+from idip.ops import reference as ref
+
+from ..conftest import DEVICES
+
+try:
+    import torchvision.ops as tv_ops
+except ImportError:
+    tv_ops = None
+
+needs_torchvision = pytest.mark.skipif(tv_ops is None, reason="torchvision is not installed")
+
+
+def make_boxes(n, dtype, device, seed, size=100.0):
+    """Clustered random boxes (so that many overlap) and distinct random scores."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(max(n // 8, 1), 2, generator=gen, dtype=torch.float64) * size
+    pick = torch.randint(0, centres.shape[0], (n,), generator=gen)
+    c = centres[pick] + torch.randn(n, 2, generator=gen, dtype=torch.float64) * 3
+    wh = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 20 + 1
+    boxes = torch.cat([c - wh / 2, c + wh / 2], dim=1)
+    scores = torch.rand(n, generator=gen, dtype=torch.float64)
+    return boxes.to(device, dtype), scores.to(device, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 300])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_matches_reference(device, dtype, n, threshold):
+    boxes, scores = make_boxes(n, dtype, device, seed=n)
+    keep = nms(boxes, scores, threshold)
+    assert keep.dtype == torch.int64 and keep.device == boxes.device
+    assert torch.equal(keep, ref.nms(boxes, scores, threshold))
+    assert (scores[keep][1:] <= scores[keep][:-1]).all()
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.6, 1.0])
+def test_matches_torchvision(device, dtype, threshold):
+    boxes, scores = make_boxes(1000, dtype, device, seed=3)
+    assert torch.equal(nms(boxes, scores, threshold), tv_ops.nms(boxes, scores, threshold))
+
+
+@needs_torchvision
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_match_torchvision(device):
+    """Equal scores and duplicate boxes: torchvision's (CPU) keep set and order, also beyond 100
+    boxes (where torch's default sort is no longer stable)."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]])
+    boxes = (base.repeat(60, 1) + torch.randint(0, 3, (240, 1), generator=gen)).to(device)
+    scores = torch.randint(0, 4, (240,), generator=gen).float().to(device)
+    for thr in (0.3, 0.5, 0.9):
+        keep = nms(boxes, scores, thr)
+        assert torch.equal(keep, tv_ops.nms(boxes.cpu(), scores.cpu(), thr).to(device))
+        assert torch.equal(keep, ref.nms(boxes, scores, thr))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_iou_equal_to_threshold_is_kept(device):
+    # IoU of these two boxes is exactly 50 / 100 = 0.5.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5]], device=device)
+    scores = torch.tensor([0.9, 0.8], device=device)
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.49).tolist() == [0]
+    # Equal scores: the first index wins.
+    assert nms(boxes, torch.tensor([0.5, 0.5], device=device), 0.3).tolist() == [0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_degenerate_boxes(device):
+    """Zero-area boxes have IoU 0/0 = NaN with each other and are never suppressed by them."""
+    boxes = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10], [0, 0, 10, 10],
+                          [3, 3, 2, 2]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5], device=device)
+    keep = nms(boxes, scores, 0.5)
+    assert keep.tolist() == [0, 1, 2, 4]
+    assert torch.equal(keep, ref.nms(boxes, scores, 0.5))
+    if tv_ops is not None:
+        assert torch.equal(keep, tv_ops.nms(boxes, scores, 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty(device):
+    for fn, extra in ((nms, ()), (batched_nms, (torch.zeros(0, dtype=torch.long, device=device),))):
+        args = (torch.zeros(0, 4, device=device), torch.zeros(0, device=device), *extra)
+        keep = fn(*args, 0.5)
+        assert keep.shape == (0,) and keep.dtype == torch.int64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [5, 200])
+def test_batched_matches_reference(device, n):
+    boxes, scores = make_boxes(n, torch.float32, device, seed=n + 1)
+    idxs = torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(n)).to(device)
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(keep, ref.batched_nms(boxes, scores, idxs, 0.5))
+    if tv_ops is not None:
+        assert torch.equal(keep, tv_ops.batched_nms(boxes, scores, idxs, 0.5))
+    # Class-aware: same boxes in distinct classes are all kept.
+    same = boxes[:1].repeat(3, 1)
+    assert batched_nms(same, scores[:3], torch.arange(3, device=device), 0.5).numel() == 3
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(RuntimeError, match="boxes must be \\[K, 4\\]"):
+        nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
+    with pytest.raises(RuntimeError, match="scores must be \\[K\\]"):
+        nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
+    with pytest.raises(RuntimeError, match="idxs must be \\[K\\]"):
+        batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(2, dtype=torch.long), 0.5)
+    with pytest.raises(RuntimeError, match="idxs must be an integer tensor"):
+        batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [4000, 20000])
+def test_cuda_matches_cpu_many_boxes(n):
+    """Many 64-box words: exercises the device scan, and (for 20k) a long removed-bit row."""
+    boxes, scores = make_boxes(n, torch.float32, "cpu", seed=n, size=1000.0)
+    expected = nms(boxes, scores, 0.5)
+    assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), expected)
+    idxs = torch.randint(0, 80, (n,))
+    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu(),
+                       batched_nms(boxes, scores, idxs, 0.5))
+
+
+@pytest.mark.cuda
+def test_cuda_large_input_uses_global_scratch():
+    """More than 48 KiB of removed bits (> 393216 boxes) switches the scan to global memory.
+
+    200k disjoint unit boxes on a grid, each also present a second time with a lower score: the
+    keep set is exactly the first copies, by decreasing score.
+    """
+    m = 200_000
+    ij = torch.stack([torch.arange(m) % 500, torch.arange(m) // 500], dim=1).float() * 2
+    boxes = torch.cat([ij, ij + 1], dim=1).repeat(2, 1)
+    scores = torch.cat([torch.rand(m) + 1, torch.rand(m)])
+    keep = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
+    expected = torch.sort(scores[:m], descending=True).indices
+    assert torch.equal(keep, expected)
+
+
+def test_opcheck():
+    boxes, scores = make_boxes(50, torch.float32, "cpu", seed=9)
+    idxs = torch.randint(0, 3, (50,))
+    torch.library.opcheck(torch.ops.idip.nms.default, (boxes, scores, 0.5))
+    torch.library.opcheck(torch.ops.idip.batched_nms.default, (boxes, scores, idxs, 0.5))
