@@ -237,7 +237,7 @@ class IDIP(nn.Module):
             sizes: (h, w) of each resized, unpadded input image.
         """
         b, n, c = logits.shape
-        scores_all = logits.sigmoid().flatten(1)  # [B, N*C], index = proposal * C + class
+        scores_all = logits.float().sigmoid().flatten(1)  # [B, N*C], index = proposal * C + class
         k = min(self.num_proposals, n * c)
         kept = []
         for i in range(b):
@@ -247,7 +247,7 @@ class IDIP(nn.Module):
             scores, idx = scores[above], idx[above]
             prop = idx // c
             labels = idx % c
-            keep = self.ops.batched_nms(boxes[i, prop], scores, labels, self.nms_thresh)
+            keep = self.ops.batched_nms(boxes[i, prop].float(), scores, labels, self.nms_thresh)
             keep = keep[: self.detections_per_image]
             # Clipped after NMS, as detectron2's detector_postprocess does in the authors' code.
             bx = clip_boxes(boxes[i, prop[keep]], h, w)
