@@ -1,6 +1,6 @@
 // aligned_upsample on the CPU: CondInst's aligned_bilinear computed directly from its source taps.
 //
-// Forward: one pass over output rows (parallel over planes x rows), column taps precomputed.
+// Forward: parallel over (plane, output row): blend the two source rows, then expand along x.
 // Backward: the transpose, separably: each output row is scattered into a row buffer along x and
 // the buffer is added to its two source rows; planes are independent, so parallel over planes.
 #include <ATen/Dispatch.h>
@@ -26,26 +26,63 @@ struct Taps {
   }
 };
 
+// Expands one blended row t[0..W] (t[W] = t[W-1], the right replicate pad) along x into dst:
+// resized column j = ox - factor/2 (>= 0) is (1-b)*t[j/factor] + b*t[j/factor+1] with
+// b = (j % factor)/factor; columns ox <= factor/2 all read t[0]. FACTOR > 0 fixes the factor at
+// compile time so the middle columns (no bounds to check) unroll and vectorise.
+template <int FACTOR, typename acc_t, typename scalar_t>
+inline void expand_row(const acc_t* t, int64_t W, int64_t runtime_factor, const acc_t* w0,
+                       const acc_t* w1, scalar_t* dst) {
+  const int64_t factor = FACTOR > 0 ? FACTOR : runtime_factor;
+  const int64_t pad = factor / 2, OW = W * factor;
+  auto column = [&](int64_t j) {
+    const int64_t x = j / factor, k = j - x * factor;
+    dst[j + pad] = static_cast<scalar_t>(w0[k] * t[x] + w1[k] * t[x + 1]);
+  };
+  for (int64_t ox = 0; ox <= pad && ox < OW; ++ox) dst[ox] = static_cast<scalar_t>(t[0]);
+  // Source column 0 (j = 1..factor-1) and the last one (j from (W-1)*factor) check bounds.
+  for (int64_t j = 1; j < factor && j + pad < OW; ++j) column(j);
+  for (int64_t x = 1; x + 1 < W; ++x) {
+    const acc_t t0 = t[x], t1 = t[x + 1];
+    scalar_t* d = dst + x * factor + pad;
+    for (int64_t k = 0; k < factor; ++k) d[k] = static_cast<scalar_t>(w0[k] * t0 + w1[k] * t1);
+  }
+  if (W > 1) {
+    for (int64_t j = (W - 1) * factor; j + pad < OW; ++j) column(j);
+  }
+}
+
+// Each output row is the blend of two source rows (W wide, in a row buffer), then expanded.
 template <typename scalar_t>
 void forward_kernel(const scalar_t* in, scalar_t* out, int64_t planes, int64_t H, int64_t W,
                     int64_t factor) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t OH = H * factor, OW = W * factor;
-  const Taps<acc_t> tx(OW, factor, W), ty(OH, factor, H);
+  const Taps<acc_t> ty(OH, factor, H);
+  std::vector<acc_t> w0(factor), w1(factor);
+  for (int64_t k = 0; k < factor; ++k) {
+    w1[k] = static_cast<acc_t>(k) / static_cast<acc_t>(factor);
+    w0[k] = acc_t(1) - w1[k];
+  }
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(OW, 1));
   at::parallel_for(0, planes * OH, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> blended(W + 1);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / OH, oy = row % OH;
       const scalar_t* r0 = in + (plane * H + ty.i0[oy]) * W;
       const scalar_t* r1 = in + (plane * H + ty.i1[oy]) * W;
       const acc_t a = ty.lambda[oy];
+      acc_t* t = blended.data();
+      for (int64_t x = 0; x < W; ++x) {
+        t[x] = (acc_t(1) - a) * static_cast<acc_t>(r0[x]) + a * static_cast<acc_t>(r1[x]);
+      }
+      t[W] = t[W - 1];
       scalar_t* dst = out + row * OW;
-      for (int64_t ox = 0; ox < OW; ++ox) {
-        const int64_t x0 = tx.i0[ox], x1 = tx.i1[ox];
-        const acc_t b = tx.lambda[ox];
-        const acc_t top = (acc_t(1) - b) * static_cast<acc_t>(r0[x0]) + b * static_cast<acc_t>(r0[x1]);
-        const acc_t bot = (acc_t(1) - b) * static_cast<acc_t>(r1[x0]) + b * static_cast<acc_t>(r1[x1]);
-        dst[ox] = static_cast<scalar_t>((acc_t(1) - a) * top + a * bot);
+      switch (factor) {
+        case 2: expand_row<2>(t, W, factor, w0.data(), w1.data(), dst); break;
+        case 4: expand_row<4>(t, W, factor, w0.data(), w1.data(), dst); break;
+        case 8: expand_row<8>(t, W, factor, w0.data(), w1.data(), dst); break;
+        default: expand_row<0>(t, W, factor, w0.data(), w1.data(), dst); break;
       }
     }
   });

@@ -149,6 +149,15 @@ _C.TEST.SEED = 0  # seed of the random parts of inference (IDIP's initial boxes)
 _C.TEST.DETECTIONS_PER_IMAGE = 100  # kept detections per image for evaluation
 
 # ------------------------------------------------------------------------------------------------
+# Engine: distributed data parallel and checkpoints (idip.engine)
+# ------------------------------------------------------------------------------------------------
+_C.DDP = CN()
+_C.DDP.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (slower; for models with unused branches)
+_C.DDP.SYNC_BN = False  # convert every BatchNorm to SyncBatchNorm (also on when MODEL.RESNETS.NORM is "SyncBN"; CUDA only)
+_C.DDP.BROADCAST_BUFFERS = False  # DDP broadcast_buffers (rank 0's buffers sent every step)
+_C.SOLVER.CHECKPOINT_MAX_KEEP = 0  # periodic checkpoints kept on disk (0: all); model_final.pth is always kept
+
+# ------------------------------------------------------------------------------------------------
 # Misc
 # ------------------------------------------------------------------------------------------------
 _C.OUTPUT_DIR = "./output"  # checkpoints, logs, metrics.json, tensorboard and config.yaml

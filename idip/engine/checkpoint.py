@@ -1,0 +1,293 @@
+"""Checkpoints: atomic writes, exact resume, and loading weights given in ``MODEL.WEIGHTS``.
+
+Files in ``OUTPUT_DIR``: ``model_{iter:07d}.pth`` (periodic), ``model_final.pth`` and
+``last_checkpoint`` (a text file naming the newest). Every file is written to a temporary file in
+the same folder, flushed and fsync'd, then renamed over the target with ``os.replace``, so a crash
+at any moment leaves either the old file or the new one, never a torn one.
+
+A checkpoint is a dict loadable with ``torch.load(weights_only=True)``::
+
+    {"format": "idip-checkpoint-v1", "meta_architecture": str, "iteration": int (last finished,
+     0-based), "model": state_dict, "optimizer": ..., "scheduler": ..., "grad_scaler": ...,
+     "config": YAML text, "world_size": int, "rng_states": [per-rank RNG state]}
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import re
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "idip-checkpoint-v1"
+LAST_CHECKPOINT = "last_checkpoint"
+_PERIODIC_NAME = re.compile(r"^model_(\d{7})\.pth$")
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file is missing, corrupt or does not fit the model."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (else ``model``)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic file writes
+# ---------------------------------------------------------------------------------------------
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Writes ``path`` through ``write(file)`` into a temporary sibling, fsyncs it and renames it.
+
+    On any exception (or interruption) the temporary file is removed and ``path`` is untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+def read_checkpoint(path: str) -> dict:
+    """Loads a .pth file with ``weights_only=True`` onto the CPU; clear errors name the path."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"checkpoint file {path} is corrupt or not a torch checkpoint: {reason}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint file {path} holds a {type(data).__name__}, not a dict")
+    return data
+
+
+def is_full_checkpoint(data: dict) -> bool:
+    return data.get("format") == CHECKPOINT_FORMAT and "model" in data
+
+
+def _list(names: list[str], limit: int = 15) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_model_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Loads ``state`` into ``model`` requiring the same keys and shapes.
+
+    Raises:
+        CheckpointError: listing the missing keys, unexpected keys and shape mismatches.
+    """
+    model = unwrap_model(model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_list(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_list(mismatched)}")
+    if problems:
+        raise CheckpointError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: str, meta_architecture: str) -> str:
+    """Loads ``MODEL.WEIGHTS``: a full IDIP checkpoint (model only) or backbone-only weights.
+
+    Args:
+        model: the (possibly DDP-wrapped) model.
+        path: a checkpoint written by this engine, a torchvision ResNet .pth, or a detectron2 .pkl.
+        meta_architecture: ``MODEL.META_ARCHITECTURE`` of the run, checked against the checkpoint.
+
+    Returns:
+        A one-paragraph report of what was loaded (and skipped, for backbone weights).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
+    data = None
+    if not path.endswith(".pkl"):
+        data = read_checkpoint(path)
+        if is_full_checkpoint(data):
+            stored = data.get("meta_architecture")
+            if stored != meta_architecture:
+                raise CheckpointError(
+                    f"checkpoint {path} holds a {stored} model but MODEL.META_ARCHITECTURE is "
+                    f"{meta_architecture}; use a {meta_architecture} checkpoint or change the config"
+                )
+            load_model_state_strict(model, data["model"], path)
+            return f"loaded {stored} weights from {path} (iteration {data.get('iteration')})"
+        if "model" in data and isinstance(data["model"], dict) and "meta_architecture" in data:
+            raise CheckpointError(f"checkpoint {path} has an unknown format {data.get('format')!r}")
+    try:
+        from ..modeling import backbone as backbone_pkg
+        load_backbone_weights = backbone_pkg.load_backbone_weights
+    except (ImportError, AttributeError):
+        raise CheckpointError(
+            f"{path} is not a full IDIP checkpoint and idip.modeling.backbone.load_backbone_weights "
+            "is not available to load it as backbone weights"
+        ) from None
+    # The backbone loader finds the ResNet (and FPN) inside the whole model.
+    try:
+        report = load_backbone_weights(unwrap_model(model), path)
+    except RuntimeError as err:
+        if type(err).__name__ == "CheckpointError":  # the backbone loader's own error class
+            raise CheckpointError(str(err)) from None
+        raise
+    return f"loaded backbone weights from {path}: {report}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints
+# ---------------------------------------------------------------------------------------------
+class Checkpointer:
+    """Saves and restores the full training state in ``output_dir``.
+
+    ``save`` writes files and should be called on rank 0 only; ``load`` runs on every rank.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output_dir: str,
+        meta_architecture: str,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        grad_scaler: Any = None,
+        config_text: str = "",
+        max_keep: int = 0,
+    ):
+        self.model = model
+        self.output_dir = output_dir
+        self.meta_architecture = meta_architecture
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.grad_scaler = grad_scaler
+        self.config_text = config_text
+        self.max_keep = max_keep
+
+    # --- writing ---------------------------------------------------------------------------
+    def state(self, iteration: int, rng_states: list | None = None) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "meta_architecture": self.meta_architecture,
+            "iteration": int(iteration),
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "config": self.config_text,
+            "world_size": len(rng_states) if rng_states else 1,
+            "rng_states": rng_states or [],
+        }
+
+    def save(self, name: str, iteration: int, rng_states: list | None = None) -> str:
+        """Writes ``OUTPUT_DIR/{name}.pth`` then points ``last_checkpoint`` at it."""
+        filename = f"{name}.pth"
+        path = os.path.join(self.output_dir, filename)
+        atomic_torch_save(self.state(iteration, rng_states), path)
+        atomic_write_text(os.path.join(self.output_dir, LAST_CHECKPOINT), filename + "\n")
+        logger.info("saved checkpoint %s (iteration %d)", path, iteration)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        if self.max_keep <= 0:
+            return
+        periodic = sorted(f for f in os.listdir(self.output_dir) if _PERIODIC_NAME.match(f))
+        for old in periodic[: -self.max_keep]:
+            os.remove(os.path.join(self.output_dir, old))
+
+    # --- reading ---------------------------------------------------------------------------
+    def last_checkpoint_path(self) -> str | None:
+        """The file named by ``OUTPUT_DIR/last_checkpoint``, or None when there is no such file."""
+        marker = os.path.join(self.output_dir, LAST_CHECKPOINT)
+        if not os.path.isfile(marker):
+            return None
+        with open(marker, encoding="utf-8") as f:
+            name = f.read().strip()
+        if not name:
+            raise CheckpointError(f"{marker} is empty; delete it to start from scratch")
+        return name if os.path.isabs(name) else os.path.join(self.output_dir, name)
+
+    def load(self, path: str) -> dict:
+        """Restores model, optimizer, scheduler and grad scaler from a full checkpoint.
+
+        Returns:
+            The checkpoint dict (``iteration``, ``rng_states``, ``config`` ...).
+        """
+        data = read_checkpoint(path)
+        if not is_full_checkpoint(data):
+            raise CheckpointError(f"{path} is not a training checkpoint written by idip.engine")
+        stored = data.get("meta_architecture")
+        if stored != self.meta_architecture:
+            raise CheckpointError(
+                f"checkpoint {path} holds a {stored} model but MODEL.META_ARCHITECTURE is {self.meta_architecture}"
+            )
+        load_model_state_strict(self.model, data["model"], path)
+        try:
+            if self.optimizer is not None and data.get("optimizer") is not None:
+                self.optimizer.load_state_dict(data["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"optimizer state in {path} does not fit this run: {err}") from None
+        if self.scheduler is not None and data.get("scheduler") is not None:
+            # Only the position is restored: milestones, gamma and warmup come from the config.
+            sched = data["scheduler"]
+            self.scheduler.last_epoch = int(sched["last_epoch"])
+            self.scheduler._step_count = int(sched.get("_step_count", sched["last_epoch"] + 1))
+            lrs = self.scheduler.get_lr()
+            for group, lr in zip(self.scheduler.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = list(lrs)
+        if self.grad_scaler is not None and data.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(data["grad_scaler"])
+        return data

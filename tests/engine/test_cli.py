@@ -1,0 +1,86 @@
+"""demo.py and eval.py on a tiny trained model; a config error through a real subprocess."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import demo
+import eval as eval_cli
+from idip.config import setup_cfg
+from idip.engine.cli import run_cli
+from tests.engine.conftest import preserved_process_state
+from tests.engine.tiny_model import TinyTrainer, make_sample, tiny_cfg_opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    with preserved_process_state():
+        TinyTrainer(setup_cfg(None, tiny_cfg_opts(str(out), 2))).train()
+    return out
+
+
+def _write_image(path, seed):
+    image = make_sample(seed)["image"].permute(1, 2, 0).numpy()
+    Image.fromarray(image).save(path)
+    return image
+
+
+def test_demo_single_image_and_folder(trained, tmp_path):
+    image = _write_image(tmp_path / "a.png", 1)
+    weights = str(trained / "model_final.pth")
+    cfg_file = str(trained / "config.yaml")
+    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "a.png"),
+                               "--output", str(tmp_path / "vis.png"), "--confidence-threshold", "0",
+                               "--opts", "MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", "48"])
+    assert code == 0
+    drawn = np.asarray(Image.open(tmp_path / "vis.png"))
+    assert drawn.shape == image.shape  # predictions come back at the original size
+    assert (drawn != image).any()  # the detection (mask, box, label) was drawn
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _write_image(folder / "x.png", 2)
+    _write_image(folder / "y.jpg", 3)
+    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(folder), "--output", str(tmp_path / "out"),
+                               "--confidence-threshold", "1.0", "--opts", "MODEL.WEIGHTS", weights])
+    assert code == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["x.png", "y.png"]
+    # nothing scores above 1.0: the output is the input image unchanged
+    assert (np.asarray(Image.open(tmp_path / "out" / "x.png")) == np.asarray(Image.open(folder / "x.png"))).all()
+
+
+def test_demo_errors(trained, tmp_path, capsys):
+    cfg_file = str(trained / "config.yaml")
+    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "*.png"),
+                               "--output", str(tmp_path), "--opts", "MODEL.WEIGHTS", "x.pth"])
+    assert code == 2 and "matches no file" in capsys.readouterr().err
+    _write_image(tmp_path / "a.png", 1)
+    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "a.png"), "--output", str(tmp_path)])
+    assert code == 2 and "MODEL.WEIGHTS" in capsys.readouterr().err
+
+
+def test_eval_requires_weights(trained, capsys):
+    code = run_cli(eval_cli.main, ["--config-file", str(trained / "config.yaml"), "DATASETS.TEST", "('x',)"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        "error: config key 'MODEL.WEIGHTS' is empty; give the checkpoint to evaluate (MODEL.WEIGHTS path)"
+    ]
+
+
+def test_train_config_error_in_a_subprocess_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "SOLVER.MAX_ITER", "ten", "OUTPUT_DIR", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: config key 'SOLVER.MAX_ITER' (from the command line) expects int (default 90000), got 'ten'"
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Train IDIP or CondInst.
+
+    python train.py --config-file configs/shapes/IDIP_R18.yaml [KEY VALUE ...]
+    torchrun --nproc_per_node=8 train.py --config-file configs/IDIP_R50.yaml [--resume] [KEY VALUE ...]
+
+Checkpoints, log.txt, metrics.json, tensorboard events and config.yaml go to OUTPUT_DIR.
+``--resume`` continues from OUTPUT_DIR/last_checkpoint; workers restarted by torchrun
+(``--max-restarts``) always do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from idip.config import setup_cfg
+from idip.engine.cli import add_config_arguments, run_cli
+from idip.engine.trainer import Trainer
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint when it exists"
+    )
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    if "--resume" in args.opts:  # given after the overrides, where argparse leaves it in opts
+        args.opts.remove("--resume")
+        args.resume = True
+    return args
+
+
+def main(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> int:
+    args = parse_args(argv)
+    cfg = setup_cfg(args.config_file or None, args.opts)
+    trainer = trainer_cls(cfg, resume=args.resume)
+    trainer.train()
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> int:
+    return run_cli(lambda a: main(a, trainer_cls), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
