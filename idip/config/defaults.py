@@ -38,6 +38,47 @@ _C.MODEL.FPN.NORM = ""  # "" (none), "GN", "BN" on the lateral and output convs
 _C.MODEL.FPN.TOP_BLOCK = ""  # "" or "P6P7" (two extra levels from P5, as FCOS/CondInst)
 
 # ------------------------------------------------------------------------------------------------
+# IDIP (MODEL.IDIP): diffusion box denoising head + RoI mask head
+# ------------------------------------------------------------------------------------------------
+_C.MODEL.IDIP = CN()
+_C.MODEL.IDIP.NUM_CLASSES = 80  # foreground classes (sigmoid classification, no background)
+_C.MODEL.IDIP.IN_FEATURES = ["p3", "p4", "p5"]  # FPN levels the RoI heads pool from
+_C.MODEL.IDIP.NUM_PROPOSALS = 300  # boxes denoised per image (training and inference)
+_C.MODEL.IDIP.HIDDEN_DIM = 256  # proposal feature width (must equal the FPN channels)
+_C.MODEL.IDIP.NUM_HEADS = 6  # refinement stages of the dynamic head
+_C.MODEL.IDIP.DIM_DYNAMIC = 64  # inner width of DynamicConv's generated matrices
+_C.MODEL.IDIP.NUM_DYNAMIC = 2  # generated matrices per DynamicConv (Sparse R-CNN's; only 2 supported)
+_C.MODEL.IDIP.DIM_FEEDFORWARD = 2048  # hidden width of each stage's FFN
+_C.MODEL.IDIP.NHEADS = 8  # self-attention heads per stage
+_C.MODEL.IDIP.DROPOUT = 0.0  # dropout in the stages (0 in the authors' code)
+_C.MODEL.IDIP.NUM_CLS = 1  # hidden layers of the shared classifier
+_C.MODEL.IDIP.NUM_REG = 3  # hidden layers of the shared box regressor
+_C.MODEL.IDIP.POOLER_RESOLUTION = 7  # RoIAlign output side for the box head
+_C.MODEL.IDIP.SAMPLING_RATIO = 2  # RoIAlign samples per bin side for the box head
+_C.MODEL.IDIP.MASK_POOLER_RESOLUTION = 14  # RoIAlign output side for the mask head (masks are 2x)
+_C.MODEL.IDIP.MASK_SAMPLING_RATIO = 0  # RoIAlign samples per bin side for the mask head (0: adaptive)
+_C.MODEL.IDIP.MASK_NUM_CONVS = 4  # 3x3 convs of the mask head
+_C.MODEL.IDIP.MASK_NORM = "BN"  # norm of the mask head convs: "BN" (authors'), "GN" or ""
+_C.MODEL.IDIP.MASK_WITH_DYNAMIC = True  # DynamicConv on the mask RoI features
+_C.MODEL.IDIP.PRIOR_PROB = 0.01  # initial foreground probability of the classifier bias
+_C.MODEL.IDIP.CLASS_WEIGHT = 2.0  # weight of the focal classification loss (and match cost)
+_C.MODEL.IDIP.L1_WEIGHT = 5.0  # weight of the L1 loss on normalised boxes (and match cost)
+_C.MODEL.IDIP.GIOU_WEIGHT = 2.0  # weight of the GIoU loss (and match cost)
+_C.MODEL.IDIP.MASK_WEIGHT = 5.0  # weight of the Dice mask loss
+_C.MODEL.IDIP.ALPHA = 0.25  # focal loss alpha
+_C.MODEL.IDIP.GAMMA = 2.0  # focal loss gamma
+_C.MODEL.IDIP.OTA_CENTER_RADIUS = 2.5  # SimOTA centre prior radius, in predicted box widths/heights
+_C.MODEL.IDIP.OTA_CANDIDATE_TOPK = 10  # SimOTA: IoUs summed to get each GT's dynamic k
+_C.MODEL.IDIP.NUM_TIMESTEPS = 1000  # diffusion steps T of the cosine schedule
+_C.MODEL.IDIP.SAMPLE_STEP = 3  # DDIM sampling steps at inference
+_C.MODEL.IDIP.ETA = 1.0  # DDIM eta (0 deterministic, 1 DDPM-like noise)
+_C.MODEL.IDIP.BOX_RENEWAL = True  # replace low-score boxes by fresh random ones between DDIM steps
+_C.MODEL.IDIP.RENEWAL_THRESHOLD = 0.5  # score below which a box is renewed
+_C.MODEL.IDIP.NMS_THRESH = 0.5  # class-aware NMS IoU threshold at inference
+_C.MODEL.IDIP.SCORE_THRESH_TEST = 0.0  # detections must score above this (0: keep the top-k, as the authors)
+_C.MODEL.IDIP.MASK_THRESHOLD = 0.5  # probability threshold of pasted masks
+
+# ------------------------------------------------------------------------------------------------
 # FCOS (the detector of CondInst); AdelaiDet's names and defaults
 # ------------------------------------------------------------------------------------------------
 _C.MODEL.FCOS = CN()

@@ -135,7 +135,7 @@ def test_cuda_matches_cpu_many_boxes(n):
 
 @pytest.mark.cuda
 def test_cuda_large_input_uses_global_scratch():
-    """More than 48 KiB of removed bits (> 393216 boxes) switches the scan to global memory.
+    """More than 44 KiB of removed bits (> 360448 boxes) switches the scan to global memory.
 
     200k disjoint unit boxes on a grid, each also present a second time with a lower score: the
     keep set is exactly the first copies, by decreasing score.

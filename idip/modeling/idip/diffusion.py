@@ -114,6 +114,14 @@ def _pure_noise_boxes(noise: Tensor, image_size: Tensor, ops) -> Tensor:
     return ops.box_q_sample(zeros, noise, t, alpha_zero, image_size)[1]
 
 
+def _batch_randn(shape: tuple[int, ...], B: int, generator, device, dtype) -> Tensor:
+    """[B, *shape] standard normal draws; with a list of generators, image b's draws come from
+    generator b alone (batch-independent results)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn((B, *shape), generator=generator, device=device, dtype=dtype)
+
+
 def _check_image_size(image_size: Tensor, where: str) -> Tensor:
     if image_size.dim() != 2 or image_size.shape[1] != 4:
         raise ValueError(f"{where}: image_size must be [B, 4] (w, h, w, h), got {tuple(image_size.shape)}")
@@ -258,7 +266,7 @@ class DDIMSampler:
         head: Head,
         image_size: Tensor,
         num_proposals: int,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> tuple[Tensor, Tensor, Any]:
         """Denoises ``num_proposals`` random boxes per image with ``num_steps`` head evaluations.
 
@@ -267,7 +275,9 @@ class DDIMSampler:
                 pred_boxes [B, N, 4] abs xyxy, extra)``.
             image_size: [B, 4] (w, h, w, h) of each image; its device is the sampling device.
             num_proposals: N.
-            generator: random generator on image_size's device, or None for the global one.
+            generator: random generator on image_size's device, or None for the global one; or
+                a list of B generators, one per image, so that an image's result does not depend
+                on the other images of the batch.
 
         Returns:
             The head's output at the last step: (class_logits, pred_boxes, extra).
@@ -278,7 +288,9 @@ class DDIMSampler:
         ops = _ops(self.use_reference_ops)
         alphas = self.schedule.alphas_cumprod_host
 
-        x_t = torch.randn(B, N, 4, generator=generator, device=device, dtype=dtype)
+        if isinstance(generator, (list, tuple)) and len(generator) != B:
+            raise ValueError(f"DDIMSampler.sample: got {len(generator)} generators for {B} images")
+        x_t = _batch_randn((N, 4), B, generator, device, dtype)
         boxes = _pure_noise_boxes(x_t, image_size, ops)
         output = None
         for t_now, t_next in self.time_pairs:
@@ -287,7 +299,10 @@ class DDIMSampler:
             if t_next < 0:
                 break
             class_logits, pred_boxes = output[0], output[1]
-            noise, renew = torch.randn(2, B, N, 4, generator=generator, device=device, dtype=dtype)
+            if isinstance(generator, (list, tuple)):
+                noise, renew = _batch_randn((2, N, 4), B, generator, device, dtype).unbind(1)
+            else:
+                noise, renew = torch.randn(2, B, N, 4, generator=generator, device=device, dtype=dtype)
             if self.box_renewal:
                 # max over classes commutes with the (monotone) sigmoid: sigmoid on [B, N] only.
                 keep = class_logits.amax(dim=-1).sigmoid() > self.renewal_threshold
