@@ -147,8 +147,12 @@ class IDIP(nn.Module):
 
     def forward(self, batch: list[dict]):
         """Training: dict of scalar losses. Eval: one result dict per image (see build_model)."""
-        if not isinstance(batch, (list, tuple)) or len(batch) == 0:
-            raise ValueError("IDIP expects a non-empty list of sample dicts")
+        if not isinstance(batch, (list, tuple)):
+            raise ValueError(f"IDIP expects a list of sample dicts, got {type(batch).__name__}")
+        if len(batch) == 0:
+            if not self.training:
+                return []  # nothing to predict: an empty list of results, like any batch
+            raise ValueError("IDIP got an empty training batch")
         if self.training:
             return self.losses(batch)
         return self.inference(batch)
