@@ -26,6 +26,8 @@ from torch import nn
 CHECKPOINT_FORMAT = "idip-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
 _PERIODIC_NAME = re.compile(r"^model_(\d{7})\.pth$")
+# Temporary files of atomic_write for this folder's checkpoints: ".{target}.tmp.{pid}".
+_TEMPORARY_NAME = re.compile(r"^\.(model_\d{7}\.pth|model_final\.pth|last_checkpoint)\.tmp\.(\d+)$")
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +233,7 @@ class Checkpointer:
 
     def save(self, name: str, iteration: int, rng_states: list | None = None) -> str:
         """Writes ``OUTPUT_DIR/{name}.pth`` then points ``last_checkpoint`` at it."""
+        self._remove_stale_temporaries()
         filename = f"{name}.pth"
         path = os.path.join(self.output_dir, filename)
         atomic_torch_save(self.state(iteration, rng_states), path)
@@ -238,6 +241,20 @@ class Checkpointer:
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
         self._prune()
         return path
+
+    def _remove_stale_temporaries(self) -> None:
+        """Deletes half-written checkpoint files left by an earlier process that was killed while
+        saving (they are never read, but each can be as large as a checkpoint)."""
+        if not os.path.isdir(self.output_dir):
+            return
+        for entry in os.listdir(self.output_dir):
+            match = _TEMPORARY_NAME.match(entry)
+            if match and int(match.group(2)) != os.getpid():
+                try:
+                    os.remove(os.path.join(self.output_dir, entry))
+                    logger.info("removed %s, left by a run killed while saving", entry)
+                except OSError:
+                    pass  # removed concurrently, or not ours to remove
 
     def _prune(self) -> None:
         if self.max_keep <= 0:

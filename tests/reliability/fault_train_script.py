@@ -1,6 +1,7 @@
 """``train.py`` with TinyTestModel and the synthetic loader, plus fault injection (test-only).
 
-Environment knobs, on top of those of ``tests/engine/tiny_train_script.py`` (TINY_REPORT, ...):
+Environment knobs, on top of those of ``tests/engine/tiny_train_script.py`` (TINY_REPORT,
+TINY_KILL_IN_SAVE, ...):
   FAULT_KILL_AFTER_REPLACE=n  SIGKILL this process right after its n-th atomic rename in
                               idip.engine.checkpoint (each save renames the .pth, then the
                               last_checkpoint marker: an odd n dies between the two)
@@ -52,6 +53,10 @@ class FaultTrainer(ScriptTrainer):
 
 
 if __name__ == "__main__":
+    if os.environ.get("TINY_KILL_IN_SAVE"):
+        from tests.engine.tiny_train_script import _kill_in_save
+
+        _kill_in_save(int(os.environ["TINY_KILL_IN_SAVE"]))
     if os.environ.get("FAULT_KILL_AFTER_REPLACE"):
         _kill_after_replace(int(os.environ["FAULT_KILL_AFTER_REPLACE"]))
     sys.exit(train.cli(trainer_cls=FaultTrainer))

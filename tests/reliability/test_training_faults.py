@@ -163,6 +163,23 @@ def test_killed_between_checkpoint_file_and_marker_then_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_half_written_checkpoint_of_a_killed_run_is_cleaned_up_on_resume(tmp_path):
+    full = _train(tmp_path / "full", tmp_path / "full.json", 6)
+    assert full.returncode == 0, full.stderr[-3000:]
+    run = tmp_path / "run"
+    # killed in the middle of writing model_final.pth (the second torch.save of the run)
+    killed = _train(run, tmp_path / "unused.json", 6, TINY_KILL_IN_SAVE=2)
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [f for f in os.listdir(run) if f.startswith(".model_final.pth.tmp.")]
+    assert len(leftovers) == 1 and not (run / "model_final.pth").exists()
+    resumed = _train(run, tmp_path / "resumed.json", 6, args=("--resume",))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _resumed_at(run) == [3]
+    assert not [f for f in os.listdir(run) if ".tmp." in f]
+    assert _params(tmp_path / "resumed.json") == _params(tmp_path / "full.json")
+
+
+@pytest.mark.slow
 def test_torchrun_restarts_a_sigkilled_worker(tmp_path):
     def torchrun(out_dir, report, torchrun_args=(), **env):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
