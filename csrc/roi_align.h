@@ -270,4 +270,39 @@ inline std::vector<std::array<int64_t, 2>> check_features(const char* op,
   return sizes;
 }
 
+// Checked arguments of multilevel_roi_align, shared by the CPU and CUDA entry points: the level
+// table (pointers filled in by the device code) and contiguous copies of the features.
+struct MultilevelForwardArgs {
+  LevelTable<const void*> table{};
+  std::vector<at::Tensor> features;
+};
+
+inline MultilevelForwardArgs prepare_multilevel_forward(
+    const char* op, at::TensorList features, const at::Tensor& rois, int64_t pooled_height,
+    int64_t pooled_width, at::ArrayRef<double> scales, double canonical_box_size,
+    int64_t canonical_level) {
+  auto sizes = check_features(op, features);
+  check_rois(op, rois, features[0]);
+  check_pooling(op, pooled_height, pooled_width);
+  MultilevelForwardArgs args;
+  fill_level_table(op, scales, sizes, canonical_box_size, canonical_level, args.table);
+  for (const auto& f : features) args.features.push_back(f.contiguous());
+  return args;
+}
+
+// The level table of multilevel_roi_align_backward, after checking its arguments.
+inline LevelTable<const void*> prepare_multilevel_backward(
+    const char* op, const at::Tensor& grad, const at::Tensor& rois, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, at::ArrayRef<double> scales,
+    double canonical_box_size, int64_t canonical_level) {
+  check_grad(op, grad, rois, channels);
+  TORCH_CHECK(heights.size() == scales.size() && widths.size() == scales.size(), op,
+              ": heights, widths and scales must have one entry per level");
+  std::vector<std::array<int64_t, 2>> sizes;
+  for (size_t i = 0; i < heights.size(); ++i) sizes.push_back({heights[i], widths[i]});
+  LevelTable<const void*> table{};
+  fill_level_table(op, scales, sizes, canonical_box_size, canonical_level, table);
+  return table;
+}
+
 }  // namespace idip

@@ -225,30 +225,19 @@ at::Tensor multilevel_roi_align_cpu(at::TensorList features, const at::Tensor& r
                                     at::ArrayRef<double> scales, int64_t sampling_ratio,
                                     bool aligned, double canonical_box_size,
                                     int64_t canonical_level) {
-  const char* op = "multilevel_roi_align";
-  auto sizes = check_features(op, features);
-  check_rois(op, rois, features[0]);
-  check_pooling(op, pooled_height, pooled_width);
-  LevelTable<const void*> table{};
-  fill_level_table(op, scales, sizes, canonical_box_size, canonical_level, table);
-  std::vector<at::Tensor> contiguous;
-  for (const auto& f : features) contiguous.push_back(f.contiguous());
-  return forward_levels(contiguous, rois, table, pooled_height, pooled_width, sampling_ratio,
-                        aligned);
+  auto args = prepare_multilevel_forward("multilevel_roi_align", features, rois, pooled_height,
+                                         pooled_width, scales, canonical_box_size, canonical_level);
+  return forward_levels(args.features, rois, args.table, pooled_height, pooled_width,
+                        sampling_ratio, aligned);
 }
 
 std::vector<at::Tensor> multilevel_roi_align_backward_cpu(
     const at::Tensor& grad, const at::Tensor& rois, int64_t batch_size, int64_t channels,
     at::IntArrayRef heights, at::IntArrayRef widths, at::ArrayRef<double> scales,
     int64_t sampling_ratio, bool aligned, double canonical_box_size, int64_t canonical_level) {
-  const char* op = "multilevel_roi_align_backward";
-  check_grad(op, grad, rois, channels);
-  TORCH_CHECK(heights.size() == scales.size() && widths.size() == scales.size(), op,
-              ": heights, widths and scales must have one entry per level");
-  std::vector<std::array<int64_t, 2>> sizes;
-  for (size_t i = 0; i < heights.size(); ++i) sizes.push_back({heights[i], widths[i]});
-  LevelTable<const void*> table{};
-  fill_level_table(op, scales, sizes, canonical_box_size, canonical_level, table);
+  auto table = prepare_multilevel_backward("multilevel_roi_align_backward", grad, rois, channels,
+                                           heights, widths, scales, canonical_box_size,
+                                           canonical_level);
   return backward_levels(grad, rois, table, batch_size, channels, sampling_ratio, aligned);
 }
 
