@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "condinst_ops.h"
+#include "huge_pages.h"
 
 namespace idip {
 namespace {
@@ -125,6 +126,7 @@ at::Tensor aligned_upsample_cpu(const at::Tensor& x, int64_t factor) {
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   auto out = at::empty({N, C, H * factor, W * factor}, input.options());
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "aligned_upsample_cpu", [&] {
     forward_kernel<scalar_t>(input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N * C, H, W,
@@ -140,6 +142,7 @@ at::Tensor aligned_upsample_backward_cpu(const at::Tensor& grad, int64_t factor,
   const int64_t N = g.size(0), C = g.size(1);
   auto grad_in = at::empty({N, C, height, width}, g.options());
   if (grad_in.numel() == 0) return grad_in;
+  advise_huge_pages(grad_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "aligned_upsample_backward_cpu", [&] {
     backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), N * C, height,

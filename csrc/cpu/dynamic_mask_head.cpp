@@ -10,9 +10,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "condinst_ops.h"
+#include "huge_pages.h"
 
 namespace idip {
 namespace {
@@ -36,18 +39,76 @@ struct HeadProblem {
   }
 };
 
-constexpr int kLanes = 8;
+// Weight gradients reduce over a row's pixels in GCC vector values (32 bytes: registers),
+// kOutBlock inputs at a time.
+constexpr int kOutBlock = 4;
+
+template <typename scalar_t>
+struct Lanes {
+  typedef scalar_t vec __attribute__((vector_size(32)));
+  static constexpr int kCount = 32 / sizeof(scalar_t);
+  static vec load(const scalar_t* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(scalar_t* p, vec v) { std::memcpy(p, &v, sizeof(v)); }
+  static vec splat(scalar_t s) { return vec{} + s; }
+  static scalar_t sum(vec v) {
+    scalar_t t = 0;
+    for (int k = 0; k < kCount; ++k) t += v[k];
+    return t;
+  }
+};
+
+// gw[o * in + i] += sum_x g[o][x] * a[i][x] and gb[o] += sum_x g[o][x]: vector accumulators over
+// the row, kOutBlock inputs at a time, reduced once at the end (fixed order: deterministic).
+template <typename scalar_t>
+void weight_grad_row(const scalar_t* g, const scalar_t* const* a, int64_t in, int64_t out,
+                     int64_t W, scalar_t* gw, scalar_t* gb) {
+  using L = Lanes<scalar_t>;
+  using vec = typename L::vec;
+  constexpr int V = L::kCount;
+  const int64_t Wv = W - W % V;
+  for (int64_t o = 0; o < out; ++o) {
+    const scalar_t* go = g + o * W;
+    vec bacc = vec{};
+    for (int64_t x = 0; x < Wv; x += V) bacc += L::load(go + x);
+    scalar_t bsum = L::sum(bacc);
+    for (int64_t x = Wv; x < W; ++x) bsum += go[x];
+    gb[o] += bsum;
+    int64_t i0 = 0;
+    for (; i0 + kOutBlock <= in; i0 += kOutBlock) {
+      vec acc[kOutBlock] = {};
+      for (int64_t x = 0; x < Wv; x += V) {
+        const vec gv = L::load(go + x);
+        for (int ib = 0; ib < kOutBlock; ++ib) acc[ib] += gv * L::load(a[i0 + ib] + x);
+      }
+      for (int ib = 0; ib < kOutBlock; ++ib) {
+        scalar_t dot = L::sum(acc[ib]);
+        for (int64_t x = Wv; x < W; ++x) dot += go[x] * a[i0 + ib][x];
+        gw[o * in + i0 + ib] += dot;
+      }
+    }
+    for (; i0 < in; ++i0) {
+      vec acc = vec{};
+      for (int64_t x = 0; x < Wv; x += V) acc += L::load(go + x) * L::load(a[i0] + x);
+      scalar_t dot = L::sum(acc);
+      for (int64_t x = Wv; x < W; ++x) dot += go[x] * a[i0][x];
+      gw[o * in + i0] += dot;
+    }
+  }
+}
 
 // Per-thread scratch: the input rows of every layer, acts[l] = [in_l, W] (acts[0] holds the
 // relative coordinates; the feature rows are read in place), and the output of the last layer.
 template <typename scalar_t>
 struct RowScratch {
   std::vector<std::vector<scalar_t>> acts;
-  std::vector<scalar_t> out, grad, grad_prev, lanes;
+  std::vector<scalar_t> out, grad, grad_prev;
   std::vector<const scalar_t*> rows;
   explicit RowScratch(const MaskHeadLayout& L, int64_t W) {
     const int64_t widest_in = std::max(L.in0, L.channels);
-    lanes.resize(widest_in * kLanes);
     rows.resize(widest_in);
     acts.resize(L.num_layers);
     for (int64_t l = 0; l < L.num_layers; ++l) acts[l].resize((l == 0 ? 2 : L.in(l)) * W);
@@ -145,37 +206,7 @@ void backward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, cons
     for (int64_t i = 0; i < in; ++i) {
       rows[i] = l == 0 ? layer0_row(pb, s, b, y, i) : s.acts[l].data() + i * W;
     }
-    for (int64_t o = 0; o < out; ++o) {
-      const scalar_t* go = g + o * W;
-      // Weight gradients sum go * a over the row. Pixels go in blocks of kLanes with the inputs
-      // innermost, so the `in` lane accumulators are independent (throughput-bound, vectorised)
-      // instead of one dependent chain per weight; the order is fixed, hence deterministic.
-      scalar_t* lanes = s.lanes.data();
-      std::fill(lanes, lanes + in * kLanes, scalar_t(0));
-      scalar_t bias_lanes[kLanes] = {};
-      int64_t x0 = 0;
-      for (; x0 + kLanes <= W; x0 += kLanes) {
-        const scalar_t* gx = go + x0;
-        for (int k = 0; k < kLanes; ++k) bias_lanes[k] += gx[k];
-        for (int64_t i = 0; i < in; ++i) {
-          const scalar_t* ax = rows[i] + x0;
-          scalar_t* li = lanes + i * kLanes;
-          for (int k = 0; k < kLanes; ++k) li[k] += gx[k] * ax[k];
-        }
-      }
-      for (; x0 < W; ++x0) {
-        bias_lanes[0] += go[x0];
-        for (int64_t i = 0; i < in; ++i) lanes[i * kLanes] += go[x0] * rows[i][x0];
-      }
-      scalar_t sum = 0;
-      for (int k = 0; k < kLanes; ++k) sum += bias_lanes[k];
-      gb[o] += sum;
-      for (int64_t i = 0; i < in; ++i) {
-        scalar_t dot = 0;
-        for (int k = 0; k < kLanes; ++k) dot += lanes[i * kLanes + k];
-        gw[o * in + i] += dot;
-      }
-    }
+    weight_grad_row(g, rows, in, out, W, gw, gb);
     if (l > 0) {
       scalar_t* gp = s.grad_prev.data();
       const scalar_t* a = s.acts[l].data();

@@ -152,18 +152,32 @@ void roi_align_backward_kernel(const LevelTable<T*>& levels, int64_t batch_size,
   });
 }
 
+// float16/bfloat16 are pooled in float32 (read once, converted on the way in and out): the
+// sums stay exact to float precision and the kernels need no reduced-precision arithmetic.
+at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// f ([N, C, H, W], any strides) as a contiguous [N, H, W, C] tensor of dtype `type`, in one pass.
+at::Tensor channels_last_copy(const at::Tensor& f, at::ScalarType type) {
+  auto nhwc = f.permute({0, 2, 3, 1});
+  if (nhwc.is_contiguous() && f.scalar_type() == type) return nhwc;
+  return at::empty(nhwc.sizes(), f.options().dtype(type)).copy_(nhwc);
+}
+
 at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Tensor& rois,
                           const LevelTable<const void*>& table, int64_t pooled_height,
                           int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   const auto& f0 = features[0];
   const int64_t batch = f0.size(0), channels = f0.size(1), num_rois = rois.size(0);
-  auto r = rois.contiguous();
-  auto out = at::empty({num_rois, channels, pooled_height, pooled_width}, f0.options());
-  if (num_rois == 0 || channels == 0) return out;
-  // [N, H, W, C] views (a copy unless the features are already channels-last).
+  const auto compute = compute_type(f0.scalar_type());
+  auto r = rois.to(compute).contiguous();
+  auto out = at::empty({num_rois, channels, pooled_height, pooled_width}, f0.options().dtype(compute));
+  if (num_rois == 0 || channels == 0) return out.to(f0.scalar_type());
+  // [N, H, W, C] copies in the compute type (one pass each; none if already channels-last).
   std::vector<at::Tensor> nhwc;
-  for (const auto& f : features) nhwc.push_back(f.permute({0, 2, 3, 1}).contiguous());
-  AT_DISPATCH_FLOATING_TYPES(f0.scalar_type(), "roi_align_cpu", [&] {
+  for (const auto& f : features) nhwc.push_back(channels_last_copy(f, compute));
+  AT_DISPATCH_FLOATING_TYPES(compute, "roi_align_cpu", [&] {
     std::vector<const scalar_t*> ptrs;
     for (const auto& f : nhwc) ptrs.push_back(f.data_ptr<scalar_t>());
     roi_align_forward_kernel<scalar_t>(with_pointers(table, ptrs), batch, channels,
@@ -173,31 +187,37 @@ at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Ten
                                        static_cast<int>(sampling_ratio), aligned,
                                        out.data_ptr<scalar_t>());
   });
-  return out;
+  return out.to(f0.scalar_type());
 }
 
 std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor& rois,
                                         const LevelTable<const void*>& table, int64_t batch,
                                         int64_t channels, int64_t sampling_ratio, bool aligned) {
-  std::vector<at::Tensor> grads;  // channels-last while accumulating
+  const auto compute = compute_type(grad.scalar_type());
+  std::vector<at::Tensor> grads;  // channels-last while accumulating, in the compute type
   for (int i = 0; i < table.num_levels; ++i) {
-    grads.push_back(at::zeros({batch, table.height[i], table.width[i], channels}, grad.options()));
+    grads.push_back(at::zeros({batch, table.height[i], table.width[i], channels},
+                              grad.options().dtype(compute)));
   }
   const int64_t num_rois = rois.size(0);
   if (num_rois > 0 && channels > 0) {
-    auto r = rois.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    auto r = rois.to(compute).contiguous();
+    const at::Tensor g_in = grad.to(compute);
+    AT_DISPATCH_FLOATING_TYPES(compute, "roi_align_backward_cpu", [&] {
       std::vector<scalar_t*> ptrs;
       for (auto& g : grads) ptrs.push_back(g.data_ptr<scalar_t>());
       // The incoming gradient may be any strided view (e.g. an expanded sum()'s gradient).
       roi_align_backward_kernel<scalar_t>(
           with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(), num_rois,
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)),
-          static_cast<int>(sampling_ratio), aligned, grad.data_ptr<scalar_t>(), grad.stride(0),
-          grad.stride(1), grad.stride(2), grad.stride(3));
+          static_cast<int>(sampling_ratio), aligned, g_in.data_ptr<scalar_t>(), g_in.stride(0),
+          g_in.stride(1), g_in.stride(2), g_in.stride(3));
     });
   }
-  for (auto& g : grads) g = g.permute({0, 3, 1, 2}).contiguous();
+  for (auto& g : grads) {
+    auto nchw = g.permute({0, 3, 1, 2});
+    g = at::empty(nchw.sizes(), nchw.options().dtype(grad.scalar_type())).copy_(nchw);
+  }
   return grads;
 }
 

@@ -31,7 +31,7 @@ def roi_align(
     version that also forces every RoI to be at least 1x1. Differentiable w.r.t. ``input``.
 
     Args:
-        input: [N, C, H, W] features (float32/float64; float16/bfloat16 on CUDA).
+        input: [N, C, H, W] features (float32/float64, float16/bfloat16: on the CPU pooled in float32).
         rois: [K, 5] rows of (batch_index, x1, y1, x2, y2) in image coordinates, same dtype and
             device as ``input``.
         output_size: pooled size, an int or (height, width).

@@ -122,10 +122,11 @@ def test_rejects_bad_arguments():
         multilevel_roi_align(feats, rois[:, :4], 2, SCALES, 2)
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_cuda(dtype):
-    feats, rois = make_pyramid(2, 8, 128, 128, 50, torch.float32, "cuda", seed=4)
+def test_half_precision(device, dtype):
+    feats, rois = make_pyramid(2, 8, 128, 128, 50, torch.float32, device, seed=4)
+    feats, rois = [f.to(dtype).float() for f in feats], rois.to(dtype).float()  # see test_roi_align
     expected = multilevel_roi_align(feats, rois, 7, SCALES, 2, True, 56, 4)
     fh = [f.to(dtype).requires_grad_() for f in feats]
     out = multilevel_roi_align(fh, rois.to(dtype), 7, SCALES, 2, True, 56, 4)
