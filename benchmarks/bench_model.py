@@ -66,13 +66,17 @@ def make_batch(n: int, h: int, w: int, device: str, with_targets: bool, gen: tor
 
 
 def peak_memory_mb(device: str) -> float | None:
+    """Peak memory the caching allocator handed out (CUDA). On a CPU torch keeps no such count
+    (the process RSS would include everything else), so it is not measured there."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return None
 
 
-def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, batches: list[int]) -> list[dict]:
-    rows = []
+def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup: int,
+               batches: list[int], rows: list[dict], save) -> None:
+    """Appends ``arch``'s rows to ``rows``, calling ``save()`` after each (a run cut short keeps
+    what it measured)."""
     gen = torch.Generator().manual_seed(0)
     h, w = size
     for reference in (False, True):
@@ -91,13 +95,14 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, batches
                         model(batch)
 
                 try:
-                    ms = time_fn(infer, device, reps=reps, warmup=2)
+                    ms = time_fn(infer, device, reps=reps, warmup=warmup)
                     rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
                                  "dtype": dtype, "time_ms": ms, "images_per_s": bs / (ms * 1e-3)})
                 except Exception as err:  # reported, never estimated
                     rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
                                  "dtype": dtype, "error": f"{type(err).__name__}: {err}"[:300]})
                 print(f"[bench_model] {rows[-1]}", flush=True)
+                save()
         model.train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         batch = make_batch(2, h, w, device, True, gen)
@@ -112,15 +117,15 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, batches
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         try:
-            ms = time_fn(step, device, reps=max(3, reps // 2), warmup=2)
+            ms = time_fn(step, device, reps=reps, warmup=warmup)
             rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
                          "time_ms": ms, "peak_memory_mb": peak_memory_mb(device)})
         except Exception as err:
             rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
                          "error": f"{type(err).__name__}: {err}"[:300]})
         print(f"[bench_model] {rows[-1]}", flush=True)
+        save()
         del model, opt
-    return rows
 
 
 def main(argv=None) -> None:
@@ -129,24 +134,38 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="*", default=list(CONFIGS))
     parser.add_argument("--size", nargs=2, type=int, default=None, help="H W (default 800 1333; CPU 320 512)")
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 cuda, 3 cpu)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5 cuda, 1 cpu)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     on_cpu = not args.device.startswith("cuda")
     size = tuple(args.size) if args.size else ((320, 512) if on_cpu else (800, 1333))
     reps = args.reps or (3 if on_cpu else 20)
-    rows = []
-    for arch in args.models:
-        rows += bench_arch(arch, args.device, size, reps, args.batches)
+    warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 5)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    rows: list[dict] = []
     result = {
         "model": True, "device": device_name(args.device), "device_kind": args.device,
         "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "image_size": list(size), "reps": reps,
-        "note": "CPU run at a reduced image size" if on_cpu else "800x1333 input", "rows": rows,
+        "image_size": list(size), "reps": reps, "warmup": warmup, "complete": False,
+        "note": (f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
+                 "measured on a CPU") if on_cpu else f"{size[0]}x{size[1]} input",
+        "rows": rows,
     }
+
+    def save() -> None:
+        if args.out:
+            tmp = args.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(tmp, args.out)
+
+    for arch in args.models:
+        bench_arch(arch, args.device, size, reps, warmup, args.batches, rows, save)
+    result["complete"] = True
+    save()
     print(f"\n{result['device']} | {size[0]}x{size[1]} | commit {commit}")
     print(f"{'model':9s} {'ops':14s} {'mode':9s} {'batch':>5s} {'dtype':5s} {'ms':>10s} {'img/s':>8s} {'mem MB':>8s}")
     for r in rows:
@@ -157,8 +176,6 @@ def main(argv=None) -> None:
         mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else ""
         print(f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} {r['time_ms']:10.1f} {ips:>8s} {mem:>8s}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
         print(f"written {args.out}")
 
 

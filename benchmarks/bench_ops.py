@@ -53,7 +53,17 @@ def load_cases(device: str, only: list[str] | None) -> list[Case]:
     return found
 
 
-def run(device: str, only: list[str] | None, reps: int, warmup: int) -> dict:
+def compiled(fn):
+    """``torch.compile`` of a reference implementation (a fresh compile per case; recompiles on
+    dynamic shapes are left to torch). Compile time is spent in the warm-up, never timed."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(fn)
+
+
+def run(device: str, only: list[str] | None, reps: int, warmup: int,
+        compile_reference: bool = False) -> dict:
     peaks = measure_peaks(device)
     rows = []
     for case in load_cases(device, only):
@@ -61,7 +71,10 @@ def run(device: str, only: list[str] | None, reps: int, warmup: int) -> dict:
         row = {"name": case.name, "group": case.group, "pass": case.pass_kind, "note": case.note}
         inputs = case.setup()
         times = {}
-        for label, fn in case.impls.items():
+        impls = dict(case.impls)
+        if compile_reference:
+            impls["compiled_reference"] = compiled(case.impls["reference"])
+        for label, fn in impls.items():
             try:
                 times[label] = time_fn(lambda: fn(inputs), device, reps=reps, warmup=warmup)
             except Exception as err:  # a baseline that does not run here (e.g. compile) is reported
@@ -71,7 +84,7 @@ def run(device: str, only: list[str] | None, reps: int, warmup: int) -> dict:
         ours = times.get("ours")
         ref = times.get("reference")
         row["speedup_vs_reference"] = (ref / ours) if ours and ref else None
-        for label in case.impls:
+        for label in impls:
             if label not in ("ours", "reference") and times.get(label) and ours:
                 row[f"speedup_vs_{label}"] = times[label] / ours
         if ours and case.bytes:
@@ -93,6 +106,8 @@ def run(device: str, only: list[str] | None, reps: int, warmup: int) -> dict:
         "commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "reps": reps,
+        "warmup": warmup,
+        "compiled_reference": compile_reference,
         "peaks": peaks,
         "rows": rows,
     }
@@ -129,10 +144,17 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", help="run only cases whose name contains one of these words")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 50 cuda, 10 cpu)")
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument(
+        "--compile-reference", action=argparse.BooleanOptionalAction, default=None,
+        help="also time torch.compile of each reference (default: on for cuda, off for cpu, where "
+             "inductor's C++ compile of every case takes minutes on a small machine)",
+    )
     args = parser.parse_args(argv)
-    reps = args.reps or (50 if args.device.startswith("cuda") else 10)
-    warmup = args.warmup if args.warmup is not None else (10 if args.device.startswith("cuda") else 2)
-    result = run(args.device, args.only, reps, warmup)
+    on_cuda = args.device.startswith("cuda")
+    reps = args.reps or (50 if on_cuda else 10)
+    warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 2)
+    compile_reference = on_cuda if args.compile_reference is None else args.compile_reference
+    result = run(args.device, args.only, reps, warmup, compile_reference)
     print_table(result)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -283,15 +283,18 @@ struct Inputs {
   at::Tensor feats, params, im_inds, locations, soi;
 };
 
+// float16/bfloat16 inputs run in float32 (converted once on the way in and out), as on CUDA
+// where they accumulate in float32.
 Inputs contiguous_inputs(const at::Tensor& mask_feats, const at::Tensor& params,
                          const at::Tensor& im_inds, const at::Tensor& locations,
                          const at::Tensor& soi) {
-  TORCH_CHECK(mask_feats.scalar_type() == at::kFloat || mask_feats.scalar_type() == at::kDouble,
-              "dynamic_mask_head: on the CPU mask_feats must be float32 or float64, got ",
-              mask_feats.scalar_type());
-  const auto dtype = mask_feats.scalar_type();
-  return {mask_feats.contiguous(), params.contiguous(), im_inds.to(at::kLong).contiguous(),
-          locations.to(dtype).contiguous(), soi.to(dtype).contiguous()};
+  const auto t = mask_feats.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              "dynamic_mask_head: mask_feats must be a floating-point tensor, got ", t);
+  const auto dtype = (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+  return {mask_feats.to(dtype).contiguous(), params.to(dtype).contiguous(),
+          im_inds.to(at::kLong).contiguous(), locations.to(dtype).contiguous(),
+          soi.to(dtype).contiguous()};
 }
 
 at::Tensor dynamic_mask_head_cpu(const at::Tensor& mask_feats, const at::Tensor& params,
@@ -304,13 +307,13 @@ at::Tensor dynamic_mask_head_cpu(const at::Tensor& mask_feats, const at::Tensor&
   const Inputs in = contiguous_inputs(mask_feats, params, im_inds, locations, soi);
   const int64_t N = params.size(0), H = mask_feats.size(2), W = mask_feats.size(3);
   auto logits = at::empty({N, 1, H, W}, in.feats.options());
-  if (logits.numel() == 0) return logits;
+  if (logits.numel() == 0) return logits.to(mask_feats.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(in.feats.scalar_type(), "dynamic_mask_head_cpu", [&] {
     const auto pb = make_problem<scalar_t>(in.feats, in.params, in.im_inds, in.locations, in.soi,
                                            mask_stride, rel_coords, layout);
     forward_kernel<scalar_t>(pb, N, logits.data_ptr<scalar_t>());
   });
-  return logits;
+  return logits.to(mask_feats.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cpu(
@@ -330,9 +333,10 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cpu(
               "dynamic_mask_head_backward: grad must have the dtype of mask_feats");
   const Inputs in = contiguous_inputs(mask_feats, params, im_inds, locations, soi);
   if (N == 0 || H * W == 0) {
-    return {at::zeros_like(in.feats), at::zeros_like(in.params)};
+    return {at::zeros_like(mask_feats, at::MemoryFormat::Contiguous),
+            at::zeros_like(params, at::MemoryFormat::Contiguous)};
   }
-  auto g = grad.contiguous();
+  auto g = grad.to(in.feats.scalar_type()).contiguous();
   // Enough items for load balance, few enough that the partial parameter gradients stay small.
   const int64_t threads = at::get_num_threads();
   const int64_t row_blocks = std::min<int64_t>(H, std::max<int64_t>(1, (4 * threads + N - 1) / N));
@@ -348,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cpu(
   auto grad_feats = threads == 1 ? grad_feats_copies[0] : grad_feats_copies.sum(0);
   auto grad_params = row_blocks == 1 ? grad_params_partial.select(1, 0).contiguous()
                                      : grad_params_partial.sum(1);
-  return {grad_feats, grad_params};
+  return {grad_feats.to(mask_feats.scalar_type()), grad_params.to(params.scalar_type())};
 }
 
 }  // namespace

@@ -48,8 +48,9 @@ def dynamic_mask_head(
     coordinates when ``rel_coords`` is False); then ``num_layers`` 1x1 layers
     (in_0 -> channels -> ... -> 1) with ReLU between them and none after the last. Each pixel's
     network runs in registers: no N x C x H x W tensor is ever formed. Differentiable w.r.t.
-    ``mask_feats`` and ``params`` (not ``locations``/``soi``). CPU: float32/float64; CUDA also
-    float16/bfloat16 (float accumulation, output in the input dtype).
+    ``mask_feats`` and ``params`` (not ``locations``/``soi``). float32/float64 and
+    float16/bfloat16 (float32 accumulation; the CPU computes them in float32), output in the
+    input dtype.
 
     Args:
         mask_feats: [B, C, H, W] mask-branch features.

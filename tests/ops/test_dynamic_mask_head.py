@@ -131,13 +131,14 @@ def test_rejects_image_index_out_of_range():
         dynamic_mask_head(*tensors, **kwargs)
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_on_cuda(dtype):
+def test_half_precision(device, dtype):
+    """float16/bfloat16 inputs (CUDA: float accumulation; CPU: computed in float32)."""
     gen = torch.Generator().manual_seed(3)
-    tensors, kwargs = _inputs(2, 37, 11, 15, torch.float32, "cuda", gen)
+    tensors, kwargs = _inputs(2, 37, 11, 15, torch.float32, device, gen)
     low = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
-    grad_out = torch.randn(37, 1, 11, 15, generator=gen).cuda()
+    grad_out = torch.randn(37, 1, 11, 15, generator=gen).to(device)
     got = _run(dynamic_mask_head, low[:2] + tensors[2:], kwargs, grad_out.to(dtype))
     # The reference in float32 on the same (rounded) inputs.
     want = _run(ref.dynamic_mask_head, [low[0].float(), low[1].float()] + tensors[2:], kwargs, grad_out)

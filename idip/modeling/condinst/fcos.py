@@ -167,11 +167,13 @@ class FCOS(nn.Module):
             ``locations`` [D, 2], ``levels`` [D] int64 and ``params`` [D, P] (controller outputs;
             [D, 0] without a controller).
         """
-        probs = outputs.logits.sigmoid()
-        ctr = outputs.ctrness.sigmoid()
+        # Decoding in float32 also under autocast: bfloat16 boxes are off by pixels, and scores
+        # and boxes must share a dtype for NMS.
+        probs = outputs.logits.float().sigmoid()
+        ctr = outputs.ctrness.float().sigmoid()
         num_levels = len(self.strides)
         counts = torch.bincount(outputs.levels, minlength=num_levels).tolist()
-        box_reg = outputs.box_reg
+        box_reg = outputs.box_reg.float()
         if self.norm_reg_targets:
             box_reg = box_reg * outputs.strides[None, :, None]
         results = []

@@ -249,3 +249,23 @@ def test_compiled_ops_match_reference_ops(device):
         outs[use_reference] = {k: v.item() for k, v in model(samples).items()}
     for name in outs[True]:
         assert abs(outs[True][name] - outs[False][name]) < 1e-3 * max(1.0, abs(outs[True][name])), name
+
+
+def test_bfloat16_autocast_on_cpu_trains_and_infers():
+    """SOLVER.AMP on a CPU: the fused mask head takes bfloat16 features (computed in float32)."""
+    _require(use_reference=False)
+    cfg = tiny_cfg(use_reference=False)
+    cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
+    model = _build(cfg)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(shapes_samples(2))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.controller.weight.grad.abs().sum() > 0
+    model.eval()
+    samples = shapes_samples(1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (out,) = model(samples)
+    assert out["boxes"].shape[0] > 0
+    assert out["masks"].shape[1:] == (samples[0]["height"], samples[0]["width"])

@@ -161,3 +161,20 @@ def test_ten_thousand_gt_boxes_in_one_image():
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert time.perf_counter() - start < 60
+
+
+def test_bfloat16_autocast_on_cpu_trains_and_infers():
+    """SOLVER.AMP on a CPU: RoIs are pooled in float32 under autocast (bfloat16 boxes would be off
+    by pixels), losses stay finite and inference returns detections."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model([shapes_sample(0, 96), shapes_sample(1, 96)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.box_head.class_logits.weight.grad is not None
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (out,) = model([_eval_sample(3)])
+    assert out["boxes"].shape[0] > 0 and out["masks"].shape[1:] == (150, 120)
