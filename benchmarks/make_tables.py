@@ -28,7 +28,7 @@ def load_results() -> list[dict]:
         results.append(data)
     # CPU first, then GPUs; a GPU column placeholder when no GPU file exists.
     results.sort(key=lambda r: (r.get("device_kind", "cpu") != "cpu", r["device"]))
-    if not any(r.get("device_kind", "").startswith("cuda") for r in results):
+    if not any(r.get("device_kind", "").startswith("cuda") and not r.get("model") for r in results):
         results.append({"device": "GPU (H100)", "device_kind": "cuda", "rows": [], "_file": None})
     return results
 
@@ -93,10 +93,72 @@ def provenance(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _model_key(row: dict) -> tuple:
+    return (row["model"], row["mode"], row["batch"], row["dtype"])
+
+
+def _model_cell(row: dict | None) -> str:
+    if row is None:
+        return NOT_MEASURED
+    if "error" in row:
+        return "error: " + row["error"].split(":")[0]
+    if row["mode"] == "inference":
+        return f"{row['time_ms']:.1f} ({row['images_per_s']:.2f} img/s)"
+    mem = f", {row['peak_memory_mb']:.0f} MB peak" if row.get("peak_memory_mb") else ""
+    return f"{row['time_ms']:.1f}{mem}"
+
+
+def model_table(results: list[dict]) -> str:
+    """One line per (model, mode, batch, dtype); per device: our kernels, the reference ops,
+    the end-to-end speedup."""
+    keys: list[tuple] = []
+    for res in results:
+        for row in res["rows"]:
+            if _model_key(row) not in keys:
+                keys.append(_model_key(row))
+    header = ["model", "mode", "batch", "dtype"]
+    for res in results:
+        size = "x".join(str(v) for v in res.get("image_size", [])) or "800x1333"
+        header += [f"{res['device']} ({size}): idip kernels ms", "reference ops ms", "speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        cells = [key[0], key[1], str(key[2]), key[3]]
+        for res in results:
+            ours = next((r for r in res["rows"] if _model_key(r) == key and r["ops"] == "idip kernels"), None)
+            ref = next((r for r in res["rows"] if _model_key(r) == key and r["ops"] == "reference ops"), None)
+            both = ours and ref and "time_ms" in ours and "time_ms" in ref
+            cells += [_model_cell(ours), _model_cell(ref),
+                      f"{ref['time_ms'] / ours['time_ms']:.2f}x" if both else NOT_MEASURED]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_provenance(results: list[dict]) -> str:
+    lines = []
+    for res in results:
+        if res.get("_file") is None:
+            lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
+            continue
+        state = "" if res.get("complete", True) else " — the run was cut short: rows it did not reach are not measured"
+        lines.append(
+            f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}, "
+            f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
+            f"{res.get('note', '')}{state}."
+        )
+    return "\n".join(lines)
+
+
 def render() -> str:
     results = load_results()
     ops = [r for r in results if "rows" in r and not r.get("model")]
-    return "\n\n".join(["### Ops (`bench_ops.py`)", provenance(ops), ops_table(ops)])
+    models = [r for r in results if r.get("model")]
+    if not any(r.get("device_kind", "").startswith("cuda") for r in models):
+        models.append({"device": "GPU (H100)", "device_kind": "cuda", "rows": [], "_file": None})
+    return "\n\n".join([
+        "### Ops (`bench_ops.py`)", provenance(ops), ops_table(ops),
+        "### Models (`bench_model.py`): R50, random weights", model_provenance(models),
+        model_table(models),
+    ])
 
 
 def main() -> None:
