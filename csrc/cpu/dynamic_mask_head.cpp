@@ -15,7 +15,12 @@
 #include <vector>
 
 #include "condinst_ops.h"
-#include "huge_pages.h"
+
+// The 32-byte vector values below live in this file only (internal linkage), so GCC's note that
+// passing them by value has an AVX-dependent ABI does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 namespace idip {
 namespace {
