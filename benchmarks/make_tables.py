@@ -77,18 +77,29 @@ def ops_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def provenance(results: list[dict]) -> str:
+def _ops_detail(res: dict) -> str:
+    peaks = res.get("peaks", {})
+    return (f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
+            f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s")
+
+
+def _model_detail(res: dict) -> str:
+    state = "" if res.get("complete", True) else \
+        " — the run was cut short: rows it did not reach are not measured"
+    return f"{res.get('note', '')}{state}"
+
+
+def provenance(results: list[dict], detail=_ops_detail) -> str:
+    """One line per device: its result file, versions, commit, date, and ``detail(result)``."""
     lines = []
     for res in results:
         if res.get("_file") is None:
             lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
             continue
-        peaks = res.get("peaks", {})
         lines.append(
             f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}, "
             f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
-            f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
-            f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s."
+            f"{detail(res)}."
         )
     return "\n".join(lines)
 
@@ -133,21 +144,6 @@ def model_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def model_provenance(results: list[dict]) -> str:
-    lines = []
-    for res in results:
-        if res.get("_file") is None:
-            lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
-            continue
-        state = "" if res.get("complete", True) else " — the run was cut short: rows it did not reach are not measured"
-        lines.append(
-            f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}, "
-            f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
-            f"{res.get('note', '')}{state}."
-        )
-    return "\n".join(lines)
-
-
 def render() -> str:
     results = load_results()
     ops = [r for r in results if "rows" in r and not r.get("model")]
@@ -156,7 +152,7 @@ def render() -> str:
         models.append({"device": "GPU (H100)", "device_kind": "cuda", "rows": [], "_file": None})
     return "\n\n".join([
         "### Ops (`bench_ops.py`)", provenance(ops), ops_table(ops),
-        "### Models (`bench_model.py`): R50, random weights", model_provenance(models),
+        "### Models (`bench_model.py`): R50, random weights", provenance(models, _model_detail),
         model_table(models),
     ])
 
