@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from ..config import ConfigError
 from .checkpoint import CheckpointError
-from .distributed import destroy_distributed
+from .distributed import destroy_distributed, synchronize
 
 # User errors: a bad config, a missing or unfitting weights file, a missing dataset file.
 # One line, exit code 2.
@@ -40,7 +40,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 
     data_errors = (UnknownDatasetError, ImageReadError, TooManyUnreadableImagesError)
     try:
-        return int(main(argv) or 0)
+        code = int(main(argv) or 0)
+        # Every rank reaches the end before any leaves the group: a rank that tears its gloo
+        # group down while a peer is still in its last collective can abort the peer at exit
+        # ("terminate called without an active exception", seen once in CI).
+        synchronize()
+        return code
     except USER_ERRORS + data_errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
