@@ -9,6 +9,10 @@ implementation (``MODEL.USE_REFERENCE_OPS`` False/True), it measures:
 - inference images/s at batch 1 and 8, fp32 and bf16 autocast;
 - one training iteration (forward + backward + optimizer step) at batch 2: time and peak memory.
 On a CPU the default image size is smaller (--size) and the JSON says so.
+
+``--resume`` continues an earlier ``--out`` file of the same device and image size: rows it
+already measured are kept and skipped (their commit is the file's; the JSON lists every run),
+so a long CPU run can be finished in parts, e.g. ``--models CondInst --dtypes fp32 --resume``.
 """
 
 from __future__ import annotations
@@ -73,18 +77,41 @@ def peak_memory_mb(device: str) -> float | None:
     return None
 
 
+def row_key(row: dict) -> tuple:
+    return (row["model"], row["ops"], row["mode"], row["batch"], row["dtype"])
+
+
+def planned_keys(models: list[str], batches: list[int], dtypes: list[str], train: bool) -> list[tuple]:
+    """Every row a run with these arguments measures, in order."""
+    keys = []
+    for arch in models:
+        for label in ("idip kernels", "reference ops"):
+            keys += [(arch, label, "inference", bs, dt) for bs in batches for dt in dtypes]
+            if train:
+                keys.append((arch, label, "train", 2, "fp32"))
+    return keys
+
+
 def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup: int,
-               batches: list[int], rows: list[dict], save) -> None:
+               batches: list[int], dtypes: list[str], train: bool, rows: list[dict], save) -> None:
     """Appends ``arch``'s rows to ``rows``, calling ``save()`` after each (a run cut short keeps
-    what it measured)."""
-    gen = torch.Generator().manual_seed(0)
+    what it measured). Rows already in ``rows`` without an error are not measured again."""
+    done = {row_key(r) for r in rows if "error" not in r}
     h, w = size
     for reference in (False, True):
         label = "reference ops" if reference else "idip kernels"
+        todo = [k for k in planned_keys([arch], batches, dtypes, train) if k[1] == label and k not in done]
+        if not todo:
+            continue
+        rows[:] = [r for r in rows if row_key(r) not in todo]  # an earlier error is retried
         model = build_model(make_cfg(arch, device, reference))
         model.eval()
         for bs in batches:
-            for dtype in ("fp32", "bf16"):
+            for dtype in dtypes:
+                if (arch, label, "inference", bs, dtype) not in todo:
+                    continue
+                # the inputs depend on the row only, not on which rows ran before
+                gen = torch.Generator().manual_seed(bs)
                 batch = make_batch(bs, h, w, device, False, gen)
 
                 def infer():
@@ -103,7 +130,11 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
                                  "dtype": dtype, "error": f"{type(err).__name__}: {err}"[:300]})
                 print(f"[bench_model] {rows[-1]}", flush=True)
                 save()
+        if (arch, label, "train", 2, "fp32") not in todo:
+            del model
+            continue
         model.train()
+        gen = torch.Generator().manual_seed(2)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         batch = make_batch(2, h, w, device, True, gen)
 
@@ -128,6 +159,25 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
         del model, opt
 
 
+def resume_result(path: str, device: str, size: tuple[int, int], commit: str, date: str) -> dict:
+    """The result dict of an earlier run, checked to be comparable, with this run recorded."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--resume: cannot read {path}: {err}")
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+        raise SystemExit(f"--resume: {path} is not a bench_model.py result (no 'rows' list)")
+    if result.get("device_kind") != device or list(result.get("image_size", [])) != list(size):
+        raise SystemExit(
+            f"--resume: {path} was measured on {result.get('device_kind')!r} at "
+            f"{result.get('image_size')}; this run is {device!r} at {list(size)}"
+        )
+    runs = result.setdefault("runs", [{"commit": result.get("commit"), "date": result.get("date")}])
+    runs.append({"commit": commit, "date": date})
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +186,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 cuda, 3 cpu)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5 cuda, 1 cpu)")
+    parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="inference dtypes (bf16: autocast)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-iteration rows")
     parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows --out already has and measure only the missing ones")
     args = parser.parse_args(argv)
     on_cpu = not args.device.startswith("cuda")
     size = tuple(args.size) if args.size else ((320, 512) if on_cpu else (800, 1333))
@@ -144,16 +199,21 @@ def main(argv=None) -> None:
     warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 5)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows: list[dict] = []
     result = {
         "model": True, "device": device_name(args.device), "device_kind": args.device,
         "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": date,
         "image_size": list(size), "reps": reps, "warmup": warmup, "complete": False,
         "note": (f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
                  "measured on a CPU") if on_cpu else f"{size[0]}x{size[1]} input",
         "rows": rows,
+        "runs": [{"commit": commit, "date": date}],
     }
+    if args.resume and args.out and os.path.exists(args.out):
+        result = resume_result(args.out, args.device, size, commit, date)
+        rows = result["rows"]
 
     def save() -> None:
         if args.out:
@@ -163,8 +223,11 @@ def main(argv=None) -> None:
             os.replace(tmp, args.out)
 
     for arch in args.models:
-        bench_arch(arch, args.device, size, reps, warmup, args.batches, rows, save)
-    result["complete"] = True
+        bench_arch(arch, args.device, size, reps, warmup, args.batches, args.dtypes,
+                   not args.no_train, rows, save)
+    # complete: every row of the default plan (both dtypes, batches 1 and 8, training) is there
+    have = {row_key(r) for r in rows if "error" not in r}
+    result["complete"] = all(k in have for k in planned_keys(list(CONFIGS), [1, 8], ["fp32", "bf16"], True))
     save()
     print(f"\n{result['device']} | {size[0]}x{size[1]} | commit {commit}")
     print(f"{'model':9s} {'ops':14s} {'mode':9s} {'batch':>5s} {'dtype':5s} {'ms':>10s} {'img/s':>8s} {'mem MB':>8s}")

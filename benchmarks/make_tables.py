@@ -85,8 +85,11 @@ def _ops_detail(res: dict) -> str:
 
 def _model_detail(res: dict) -> str:
     state = "" if res.get("complete", True) else \
-        " — the run was cut short: rows it did not reach are not measured"
-    return f"{res.get('note', '')}{state}"
+        " — not every row was run: the missing ones are not measured"
+    runs = res.get("runs", [])
+    parts = "" if len(runs) < 2 else "; measured in {} runs ({})".format(
+        len(runs), ", ".join(f"commit {r.get('commit')} {r.get('date')}" for r in runs))
+    return f"{res.get('note', '')}{state}{parts}"
 
 
 def provenance(results: list[dict], detail=_ops_detail) -> str:
