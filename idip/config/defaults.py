@@ -43,7 +43,10 @@ _C.MODEL.FPN.TOP_BLOCK = ""  # "" or "P6P7" (two extra levels from P5, as FCOS/C
 _C.MODEL.IDIP = CN()
 _C.MODEL.IDIP.NUM_CLASSES = 80  # foreground classes (sigmoid classification, no background)
 _C.MODEL.IDIP.IN_FEATURES = ["p3", "p4", "p5"]  # FPN levels the RoI heads pool from
-_C.MODEL.IDIP.NUM_PROPOSALS = 300  # boxes denoised per image (training and inference)
+_C.MODEL.IDIP.NUM_PROPOSALS = 300  # boxes denoised per image (training, and inference unless below)
+# boxes denoised per image at inference; 0: NUM_PROPOSALS. The number of boxes is free at test
+# time (DiffusionDet's "dynamic boxes"): more boxes than in training find more objects.
+_C.MODEL.IDIP.NUM_PROPOSALS_TEST = 0
 _C.MODEL.IDIP.HIDDEN_DIM = 256  # proposal feature width (must equal the FPN channels)
 _C.MODEL.IDIP.NUM_HEADS = 6  # refinement stages of the dynamic head
 _C.MODEL.IDIP.DIM_DYNAMIC = 64  # inner width of DynamicConv's generated matrices

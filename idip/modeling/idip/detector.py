@@ -45,6 +45,11 @@ class IDIP(nn.Module):
             raise ConfigError(f"config key 'MODEL.IDIP.NUM_DYNAMIC' must be 2 (got {c.NUM_DYNAMIC})")
         if self.num_proposals < 1:
             raise ConfigError(f"config key 'MODEL.IDIP.NUM_PROPOSALS' must be >= 1 (got {self.num_proposals})")
+        if c.NUM_PROPOSALS_TEST < 0:
+            raise ConfigError(
+                f"config key 'MODEL.IDIP.NUM_PROPOSALS_TEST' must be >= 0 (0: NUM_PROPOSALS; got {c.NUM_PROPOSALS_TEST})"
+            )
+        self.num_proposals_test = c.NUM_PROPOSALS_TEST or self.num_proposals
         self.ops = select_ops(cfg.MODEL.USE_REFERENCE_OPS)
 
         self.backbone = build_backbone(cfg)
@@ -218,7 +223,9 @@ class IDIP(nn.Module):
             renewal_threshold=self.renewal_threshold,
             use_reference_ops=self.use_reference_ops,
         )
-        logits, boxes, feats = sampler.sample(denoise, image_size, self.num_proposals, self._generators(batch))
+        logits, boxes, feats = sampler.sample(
+            denoise, image_size, self.num_proposals_test, self._generators(batch)
+        )
         return self.postprocess(features, logits, boxes, feats, batch, sizes)
 
     def postprocess(
@@ -242,7 +249,7 @@ class IDIP(nn.Module):
         """
         b, n, c = logits.shape
         scores_all = logits.float().sigmoid().flatten(1)  # [B, N*C], index = proposal * C + class
-        k = min(self.num_proposals, n * c)
+        k = min(self.num_proposals_test, n * c)
         kept = []
         for i in range(b):
             h, w = sizes[i]

@@ -121,6 +121,29 @@ def test_inference_without_detections_is_valid_and_empty():
     assert out["masks"].shape == (0, 150, 120) and out["masks"].dtype == torch.bool
 
 
+def test_num_proposals_test_sets_the_boxes_denoised_at_inference():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.IDIP.NUM_PROPOSALS_TEST": 40,
+                                    "TEST.DETECTIONS_PER_IMAGE": 100})).eval()
+    seen = []
+    model.head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[1].shape)))
+    (out,) = model([_eval_sample(3)])
+    assert seen and all(shape == (1, 40, 4) for shape in seen)
+    # top-k over (proposal, class) takes as many as there are boxes: more than NUM_PROPOSALS (12)
+    assert out["boxes"].shape[0] > 12
+    model.train()
+    seen.clear()
+    model([shapes_sample(0, 96)])
+    assert seen and all(shape == (1, 12, 4) for shape in seen)  # training keeps NUM_PROPOSALS
+
+
+def test_negative_num_proposals_test_is_a_config_error():
+    from idip.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL.IDIP.NUM_PROPOSALS_TEST"):
+        build_model(tiny_cfg(**{"MODEL.IDIP.NUM_PROPOSALS_TEST": -1}))
+
+
 @pytest.mark.slow
 def test_batched_inference_equals_per_image():
     torch.manual_seed(0)
