@@ -8,6 +8,7 @@ One iteration = one optimizer step = ``SOLVER.IMS_PER_BATCH`` images over all ra
 from __future__ import annotations
 
 import contextlib
+import datetime
 import inspect
 import logging
 import os
@@ -237,6 +238,7 @@ class Trainer:
             loader = self._isolated(lambda: iter(self.build_train_loader(cfg, self.start_iter)))
             self.model.train()
             logger.info("starting training at iteration %d of %d", self.start_iter, self.max_iter)
+            train_start = time.perf_counter()
             for iteration in range(self.start_iter, self.max_iter):
                 start = time.perf_counter()
                 losses, data_time = self.run_step(loader, iteration)
@@ -253,6 +255,12 @@ class Trainer:
                     self.save(f"model_{iteration:07d}", iteration)
                 if cfg.TEST.EVAL_PERIOD and done % cfg.TEST.EVAL_PERIOD == 0 and done < self.max_iter:
                     events.write_eval(iteration, self.evaluate(cfg, self.model))
+            ran = self.max_iter - self.start_iter
+            if ran > 0:
+                # detectron2's summary line: wall time of the loop, checkpoints and periodic evals included
+                elapsed = time.perf_counter() - train_start
+                logger.info("overall training speed: %d iterations in %s (%.4f s / it)", ran,
+                            datetime.timedelta(seconds=round(elapsed)), elapsed / ran)
             if self.start_iter < self.max_iter or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
                 self.save("model_final", self.max_iter - 1)
             results = self.evaluate(cfg, self.model)

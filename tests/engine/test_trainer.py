@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def test_run_writes_outputs(tmp_path):
     assert records[0]["lr"] == pytest.approx(0.01 * (0.01 * 0.5 + 0.5))
     log = open(tmp_path / "log.txt").read()
     assert "eta: " in log and "iter: 3" in log and "total_loss: " in log and "lr: " in log
+    assert re.search(r"overall training speed: 5 iterations in \d+:\d\d:\d\d \([0-9.]+ s / it\)", log)
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
     assert read_checkpoint(str(tmp_path / "model_final.pth"))["iteration"] == 4
     assert "TinyTestModel" in open(tmp_path / "config.yaml").read()
