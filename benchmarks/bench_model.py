@@ -159,8 +159,9 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
         del model, opt
 
 
-def resume_result(path: str, device: str, size: tuple[int, int], commit: str, date: str) -> dict:
-    """The result dict of an earlier run, checked to be comparable, with this run recorded."""
+def resume_result(path: str, device: str, size: tuple[int, int], run: dict) -> dict:
+    """The result dict of an earlier run, checked to be comparable, with ``run`` (this run's
+    commit, date, repetitions) recorded in its ``runs``."""
     try:
         with open(path) as f:
             result = json.load(f)
@@ -173,8 +174,11 @@ def resume_result(path: str, device: str, size: tuple[int, int], commit: str, da
             f"--resume: {path} was measured on {result.get('device_kind')!r} at "
             f"{result.get('image_size')}; this run is {device!r} at {list(size)}"
         )
-    runs = result.setdefault("runs", [{"commit": result.get("commit"), "date": result.get("date")}])
-    runs.append({"commit": commit, "date": date})
+    if result.get("torch", torch.__version__) != torch.__version__:
+        raise SystemExit(f"--resume: {path} was measured with torch {result.get('torch')}; this is "
+                         f"torch {torch.__version__} (start a new file)")
+    first = {k: result.get(k) for k in ("commit", "date", "reps", "warmup")}
+    result.setdefault("runs", [first]).append(run)
     return result
 
 
@@ -209,10 +213,10 @@ def main(argv=None) -> None:
         "note": (f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
                  "measured on a CPU") if on_cpu else f"{size[0]}x{size[1]} input",
         "rows": rows,
-        "runs": [{"commit": commit, "date": date}],
+        "runs": [{"commit": commit, "date": date, "reps": reps, "warmup": warmup}],
     }
     if args.resume and args.out and os.path.exists(args.out):
-        result = resume_result(args.out, args.device, size, commit, date)
+        result = resume_result(args.out, args.device, size, dict(result["runs"][0]))
         rows = result["rows"]
 
     def save() -> None:

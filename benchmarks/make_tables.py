@@ -88,7 +88,7 @@ def _model_detail(res: dict) -> str:
         " — not every row was run: the missing ones are not measured"
     runs = res.get("runs", [])
     parts = "" if len(runs) < 2 else "; measured in {} runs ({})".format(
-        len(runs), ", ".join(f"commit {r.get('commit')} {r.get('date')}" for r in runs))
+        len(runs), ", ".join(f"commit {r.get('commit')} {r.get('date')}, {r.get('reps')} repetitions" for r in runs))
     return f"{res.get('note', '')}{state}{parts}"
 
 

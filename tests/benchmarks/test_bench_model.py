@@ -52,13 +52,22 @@ def test_resume_keeps_measured_rows_and_adds_only_missing_ones(bench_model, tmp_
     assert second["rows"][0] == first["rows"][0]
     assert [bench_model.row_key(r) for r in second["rows"]] == keys
     assert "error" not in second["rows"][1] and second["rows"][1]["time_ms"] > 0
-    assert len(second["runs"]) == 2
+    assert [run["reps"] for run in second["runs"]] == [1, 1]
+    assert second["runs"][1]["commit"] == first["runs"][0]["commit"]
 
 
 def test_resume_refuses_a_file_of_another_size(bench_model, tmp_path):
     out = tmp_path / "model.json"
     out.write_text(json.dumps({"rows": [], "device_kind": "cpu", "image_size": [320, 512]}))
     with pytest.raises(SystemExit, match=r"measured on 'cpu' at \[320, 512\]"):
+        bench_model.main(_ARGS + ["--out", str(out), "--resume"])
+
+
+def test_resume_refuses_a_file_of_another_torch(bench_model, tmp_path):
+    out = tmp_path / "model.json"
+    out.write_text(json.dumps({"rows": [], "device_kind": "cpu", "image_size": [64, 96],
+                               "torch": "1.0.0"}))
+    with pytest.raises(SystemExit, match="measured with torch 1.0.0"):
         bench_model.main(_ARGS + ["--out", str(out), "--resume"])
 
 

@@ -38,6 +38,7 @@ def test_cpu_only_results_leave_every_gpu_cell_not_measured(make_tables):
     _write(tmp, "model-cpu.json", {
         "model": True, "device": "Test CPU", "device_kind": "cpu", "image_size": [320, 512],
         "commit": "abc", "reps": 3, "complete": False, "note": "small",
+        "runs": [{"commit": "abc", "date": "d1", "reps": 3}, {"commit": "def", "date": "d2", "reps": 2}],
         "rows": [
             {"model": "IDIP", "ops": "idip kernels", "mode": "inference", "batch": 1, "dtype": "fp32",
              "time_ms": 250.0, "images_per_s": 4.0},
@@ -57,6 +58,7 @@ def test_cpu_only_results_leave_every_gpu_cell_not_measured(make_tables):
     train = next(line for line in text.splitlines() if line.startswith("| IDIP | train"))
     assert train.count("not measured") == 2 + 3  # no reference row here, and no GPU
     assert "not every row was run" in text
+    assert "measured in 2 runs (commit abc d1, 3 repetitions, commit def d2, 2 repetitions)" in text
 
 
 def test_main_rewrites_only_between_the_markers(make_tables):
