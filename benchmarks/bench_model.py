@@ -204,6 +204,7 @@ def main(argv=None) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    run = {"commit": commit, "date": date, "reps": reps, "warmup": warmup}
     rows: list[dict] = []
     result = {
         "model": True, "device": device_name(args.device), "device_kind": args.device,
@@ -213,10 +214,10 @@ def main(argv=None) -> None:
         "note": (f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
                  "measured on a CPU") if on_cpu else f"{size[0]}x{size[1]} input",
         "rows": rows,
-        "runs": [{"commit": commit, "date": date, "reps": reps, "warmup": warmup}],
+        "runs": [run],
     }
     if args.resume and args.out and os.path.exists(args.out):
-        result = resume_result(args.out, args.device, size, dict(result["runs"][0]))
+        result = resume_result(args.out, args.device, size, run)
         rows = result["rows"]
 
     def save() -> None:
