@@ -7,19 +7,19 @@ import sys
 
 import pytest
 
-from tests.engine.tiny_model import tiny_cfg_opts
+from tests.engine.tiny_model import tiny_cfg_opts, torchrun_failure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "tests", "engine", "tiny_train_script.py")
 
 
 def _torchrun(out_dir, report, max_iter=4, extra_env=None, torchrun_args=(), **opts):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_REPORT=str(report), PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_REPORT=str(report), PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1")
     env.update(extra_env or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *torchrun_args,
            SCRIPT, *tiny_cfg_opts(str(out_dir), max_iter, **opts)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, torchrun_failure(proc)
     with open(report) as f:
         return json.load(f), proc
 

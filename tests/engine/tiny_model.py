@@ -141,3 +141,18 @@ def tiny_cfg_opts(output_dir: str, max_iter: int = 4, **extra) -> list[str]:
     for key, value in opts.items():
         out += [key, repr(value) if isinstance(value, tuple) else str(value)]
     return out
+
+
+def torchrun_failure(proc) -> str:
+    """The part of a failed torchrun's output worth reading in an assertion message.
+
+    The workers run with PYTHONFAULTHANDLER=1, so a worker that aborts (SIGABRT: a rare
+    "terminate called without an active exception" at exit, seen in CI but not reproduced in 120
+    runs of the same command) dumps every thread's Python stack while the interpreter is still up;
+    that dump comes first, then the output tails. No dump at all means the abort came after the
+    interpreter had shut down (a C++ destructor at process exit).
+    """
+    err = proc.stderr
+    start = err.find("Fatal Python error")
+    dump = err[start : start + 6000] + "\n...\n" if start >= 0 else ""
+    return dump + proc.stdout[-3000:] + err[-3000:]

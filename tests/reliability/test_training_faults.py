@@ -23,7 +23,7 @@ import torch
 
 import train
 from idip.engine.checkpoint import read_checkpoint
-from tests.engine.tiny_model import TinyTrainer, tiny_cfg_opts
+from tests.engine.tiny_model import TinyTrainer, tiny_cfg_opts, torchrun_failure
 from tests.reliability.conftest import one_error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -184,8 +184,10 @@ def test_torchrun_restarts_a_sigkilled_worker(tmp_path):
     def torchrun(out_dir, report, torchrun_args=(), **env):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                *torchrun_args, SCRIPT, *tiny_cfg_opts(str(out_dir), 5, **{"SOLVER.CHECKPOINT_PERIOD": 2})]
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(report, **env), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env(report, PYTHONFAULTHANDLER=1, **env), capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, torchrun_failure(proc)
         with open(report) as f:
             return json.load(f)["ranks"]
 
