@@ -147,7 +147,7 @@ def torchrun_failure(proc) -> str:
     """The part of a failed torchrun's output worth reading in an assertion message.
 
     The workers run with PYTHONFAULTHANDLER=1, so a worker that aborts (SIGABRT: a rare
-    "terminate called without an active exception" at exit, seen in CI but not reproduced in 120
+    "terminate called without an active exception" at exit, seen in CI but not reproduced in 140
     runs of the same command) dumps every thread's Python stack while the interpreter is still up;
     that dump comes first, then the output tails. No dump at all means the abort came after the
     interpreter had shut down (a C++ destructor at process exit).
