@@ -30,6 +30,8 @@ _C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN", "GN"
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # True for MSRA caffe-style weights (stride in the 1x1 conv)
 _C.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]  # stages returned to the FPN
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64  # base width of the bottleneck 3x3 (64 for plain ResNets)
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64  # channels of the 7x7 stem conv
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0  # res2 output channels, doubled per stage; 0: standard (64 for R18/34, 256 for R50+)
 
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]  # backbone stages fed to the FPN

@@ -7,6 +7,8 @@ from torch import nn
 from idip.config import ConfigError, get_cfg
 from idip.engine.optim import build_optimizer, build_param_groups, clip_gradients
 
+from ..conftest import DEVICES
+
 
 class FrozenBatchNorm2d(nn.Module):
     """Stands in for a FrozenBN: its name marks it as a norm layer."""
@@ -93,6 +95,28 @@ def test_adamw_settings():
     opt = build_optimizer(cfg, Net())
     assert isinstance(opt, torch.optim.AdamW)
     assert all(g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adamw_is_fused_and_steps_like_torchs_reference_adamw(device):
+    cfg = _cfg(OPTIMIZER="ADAMW", BETAS=(0.9, 0.99))
+    net = Net().to(device)
+    twin = Net().to(device)
+    twin.load_state_dict(net.state_dict())
+    opt = build_optimizer(cfg, net)
+    assert opt.defaults["fused"] is True
+    # the oracle: torch's single-tensor AdamW over the same groups
+    reference = torch.optim.AdamW(build_param_groups(cfg, twin), lr=0.1, betas=(0.9, 0.99), foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(net.parameters(), twin.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=generator).to(device)
+                b.grad = a.grad.clone()
+        opt.step()
+        reference.step()
+    for (name, a), b in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_unknown_optimizer_is_a_config_error():

@@ -12,7 +12,8 @@ def build_backbone(cfg) -> FPN:
     """Builds the ResNet-FPN backbone described by ``cfg``.
 
     Reads MODEL.BACKBONE.{NAME, FREEZE_AT}, MODEL.RESNETS.{DEPTH, NORM, STRIDE_IN_1X1,
-    OUT_FEATURES, WIDTH_PER_GROUP} and MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, TOP_BLOCK}.
+    OUT_FEATURES, WIDTH_PER_GROUP,
+    STEM_OUT_CHANNELS, RES2_OUT_CHANNELS} and MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, TOP_BLOCK}.
     Pretrained weights are not loaded here (see ``load_backbone_weights``).
 
     Returns:
@@ -43,12 +44,21 @@ def build_backbone(cfg) -> FPN:
            "'' or 'P6P7'")
     _check(fpn_cfg.OUT_CHANNELS > 0, "MODEL.FPN.OUT_CHANNELS", fpn_cfg.OUT_CHANNELS, "positive")
 
+    expansion = 1 if RESNET_SPECS[resnet_cfg.DEPTH][0] == "basic" else 4
+    _check(resnet_cfg.STEM_OUT_CHANNELS > 0, "MODEL.RESNETS.STEM_OUT_CHANNELS",
+           resnet_cfg.STEM_OUT_CHANNELS, "positive")
+    _check(resnet_cfg.RES2_OUT_CHANNELS >= 0 and resnet_cfg.RES2_OUT_CHANNELS % expansion == 0,
+           "MODEL.RESNETS.RES2_OUT_CHANNELS", resnet_cfg.RES2_OUT_CHANNELS,
+           f"0 (the standard width) or a positive multiple of {expansion} for depth {resnet_cfg.DEPTH}")
+
     bottom_up = ResNet(
         resnet_cfg.DEPTH,
         out_features=out_features,
         norm=resnet_cfg.NORM,
         freeze_at=backbone_cfg.FREEZE_AT,
         stride_in_1x1=resnet_cfg.STRIDE_IN_1X1,
+        stem_channels=resnet_cfg.STEM_OUT_CHANNELS,
+        res2_channels=resnet_cfg.RES2_OUT_CHANNELS or None,
     )
     return FPN(
         bottom_up,

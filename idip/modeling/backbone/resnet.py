@@ -122,13 +122,19 @@ class ResNet(nn.Module):
             FrozenBatchNorm2d.
         stride_in_1x1: bottleneck stride on the first 1x1 conv (MSRA/Caffe2 weights) instead of
             the 3x3 conv; no effect on depth 18/34.
+        stem_channels: output channels of the 7x7 stem conv (64 in the standard networks).
+        res2_channels: output channels of res2; each later stage doubles them. None gives the
+            standard 64 (depth 18/34) or 256 (bottleneck networks, whose inner width is a quarter).
+            A thinner network trains from scratch faster on small data; pretrained weights only
+            fit the standard widths.
 
     Shape:
         input [N, 3, H, W] -> dict name -> [N, C_name, ceil(H/stride), ceil(W/stride)].
     """
 
     def __init__(self, depth: int, out_features: Sequence[str] = STAGE_NAMES,
-                 norm: str = "FrozenBN", freeze_at: int = 0, stride_in_1x1: bool = False):
+                 norm: str = "FrozenBN", freeze_at: int = 0, stride_in_1x1: bool = False,
+                 stem_channels: int = STEM_CHANNELS, res2_channels: int | None = None):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(
@@ -149,6 +155,15 @@ class ResNet(nn.Module):
 
         block_kind, blocks_per_stage = RESNET_SPECS[depth]
         block_cls = BasicBlock if block_kind == "basic" else Bottleneck
+        if res2_channels is None:
+            res2_channels = 64 * block_cls.expansion
+        if stem_channels <= 0:
+            raise ValueError(f"ResNet stem_channels must be positive; got stem_channels={stem_channels}")
+        if res2_channels <= 0 or res2_channels % block_cls.expansion:
+            raise ValueError(
+                f"ResNet-{depth} res2_channels must be a positive multiple of {block_cls.expansion}; "
+                f"got res2_channels={res2_channels}"
+            )
         self.depth = depth
         self.norm = norm
         self.freeze_at = freeze_at
@@ -156,14 +171,14 @@ class ResNet(nn.Module):
         self.out_features = tuple(sorted(out_features, key=STAGE_NAMES.index))
         num_stages = max(STAGE_NAMES.index(name) for name in out_features) + 1
 
-        self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 7, 2, 3, bias=norm == "")
-        self.bn1 = _norm_or_identity(norm, STEM_CHANNELS)
+        self.conv1 = nn.Conv2d(3, stem_channels, 7, 2, 3, bias=norm == "")
+        self.bn1 = _norm_or_identity(norm, stem_channels)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         self._shapes: dict[str, ShapeSpec] = {}
-        in_channels, stride = STEM_CHANNELS, 4
+        in_channels, stride = stem_channels, 4
         for index in range(num_stages):
-            width = 64 * 2**index
+            width = res2_channels // block_cls.expansion * 2**index
             first_stride = 1 if index == 0 else 2
             stride *= first_stride
             blocks = []

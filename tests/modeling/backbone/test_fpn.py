@@ -121,6 +121,19 @@ def test_build_backbone_from_config():
     assert backbone.bottom_up.stride_in_1x1
 
 
+def test_build_backbone_widths_from_config():
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 24
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    backbone = build_backbone(cfg)
+    assert backbone.bottom_up.conv1.out_channels == 24
+    assert [c for c, _ in backbone.bottom_up.output_shape().values()] == [64, 128, 256]
+    out = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(v.shape) for v in out.values()] == [(1, 16, 8, 8), (1, 16, 4, 4), (1, 16, 2, 2)]
+
+
 @pytest.mark.parametrize(
     "key, value, match",
     [
@@ -128,6 +141,8 @@ def test_build_backbone_from_config():
         ("MODEL.RESNETS.DEPTH", 42, "MODEL.RESNETS.DEPTH"),
         ("MODEL.FPN.TOP_BLOCK", "P6", "MODEL.FPN.TOP_BLOCK"),
         ("MODEL.RESNETS.WIDTH_PER_GROUP", 4, "MODEL.RESNETS.WIDTH_PER_GROUP"),
+        ("MODEL.RESNETS.STEM_OUT_CHANNELS", 0, "MODEL.RESNETS.STEM_OUT_CHANNELS"),
+        ("MODEL.RESNETS.RES2_OUT_CHANNELS", 102, "MODEL.RESNETS.RES2_OUT_CHANNELS.*multiple of 4"),
         ("MODEL.BACKBONE.NAME", "Swin", "MODEL.BACKBONE.NAME"),
     ],
 )

@@ -1,4 +1,4 @@
-"""ResNet: agreement with torchvision, shapes, stride placement, freezing, argument errors."""
+"""ResNet: agreement with torchvision, shapes, widths, stride placement, freezing, argument errors."""
 
 import pytest
 import torch
@@ -138,9 +138,30 @@ def test_other_norms_run(norm):
     assert (model.conv1.bias is not None) == (norm == "")
 
 
+@pytest.mark.parametrize("depth, stem, res2, expected", [
+    (18, 32, 32, (32, 64, 128, 256)),
+    (18, 16, 48, (48, 96, 192, 384)),
+    (50, 32, 128, (128, 256, 512, 1024)),
+])
+def test_thinner_widths(depth, stem, res2, expected):
+    model = ResNet(depth, norm="BN", stem_channels=stem, res2_channels=res2)
+    assert model.conv1.out_channels == stem and model.bn1.num_features == stem
+    assert [c for c, _ in model.output_shape().values()] == list(expected)
+    if depth == 50:  # a bottleneck's inner width is a quarter of its output
+        assert model.layer1[0].conv2.out_channels == res2 // 4
+    out = model(torch.randn(2, 3, 64, 96))
+    for name, (channels, stride) in model.output_shape().items():
+        assert out[name].shape == (2, channels, 64 // stride, 96 // stride)
+    out["res5"].sum().backward()
+    assert model.conv1.weight.grad is not None
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        ({"depth": 18, "stem_channels": 0}, "stem_channels=0"),
+        ({"depth": 50, "res2_channels": 66}, "multiple of 4.*res2_channels=66"),
+        ({"depth": 18, "res2_channels": -8}, "res2_channels=-8"),
         ({"depth": 42}, "depth=42"),
         ({"depth": 50, "out_features": ("res6",)}, "'res6'"),
         ({"depth": 50, "out_features": ()}, "out_features"),
