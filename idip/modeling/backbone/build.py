@@ -12,8 +12,8 @@ def build_backbone(cfg) -> FPN:
     """Builds the ResNet-FPN backbone described by ``cfg``.
 
     Reads MODEL.BACKBONE.{NAME, FREEZE_AT}, MODEL.RESNETS.{DEPTH, NORM, STRIDE_IN_1X1,
-    OUT_FEATURES, WIDTH_PER_GROUP,
-    STEM_OUT_CHANNELS, RES2_OUT_CHANNELS} and MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, TOP_BLOCK}.
+    OUT_FEATURES, WIDTH_PER_GROUP, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS} and
+    MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, TOP_BLOCK}.
     Pretrained weights are not loaded here (see ``load_backbone_weights``).
 
     Returns:
