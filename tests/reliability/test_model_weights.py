@@ -38,7 +38,10 @@ def test_backbone_weights_on_purpose_list_what_was_skipped(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
 
-    assert train.cli(_opts("IDIP", tmp_path / "run", "MODEL.WEIGHTS", str(path)), trainer_cls=TinyTrainer) == 0
+    # the shapes config's ResNet-18 is half width; torchvision's weights fit the standard one
+    standard_width = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    opts = _opts("IDIP", tmp_path / "run", "MODEL.WEIGHTS", str(path), *standard_width)
+    assert train.cli(opts, trainer_cls=TinyTrainer) == 0
     log = (tmp_path / "run" / "log.txt").read_text()
     assert f"loaded backbone weights from {path}" in log
     # the mismatched tensor is not loaded, so it is also reported missing (left as initialised)
