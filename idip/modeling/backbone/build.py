@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...config import ConfigError
 from .fpn import FPN, FPN_NORMS
 from .norm import NORM_NAMES
-from .resnet import RESNET_SPECS, STAGE_NAMES, ResNet
+from .resnet import RESNET_SPECS, STAGE_NAMES, ResNet, block_expansion
 
 
 def build_backbone(cfg) -> FPN:
@@ -44,7 +44,7 @@ def build_backbone(cfg) -> FPN:
            "'' or 'P6P7'")
     _check(fpn_cfg.OUT_CHANNELS > 0, "MODEL.FPN.OUT_CHANNELS", fpn_cfg.OUT_CHANNELS, "positive")
 
-    expansion = 1 if RESNET_SPECS[resnet_cfg.DEPTH][0] == "basic" else 4
+    expansion = block_expansion(resnet_cfg.DEPTH)
     _check(resnet_cfg.STEM_OUT_CHANNELS > 0, "MODEL.RESNETS.STEM_OUT_CHANNELS",
            resnet_cfg.STEM_OUT_CHANNELS, "positive")
     _check(resnet_cfg.RES2_OUT_CHANNELS >= 0 and resnet_cfg.RES2_OUT_CHANNELS % expansion == 0,

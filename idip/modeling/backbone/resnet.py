@@ -103,6 +103,11 @@ def _projection(in_channels: int, out_channels: int, stride: int, norm: str) -> 
     )
 
 
+def block_expansion(depth: int) -> int:
+    """Output channels of a depth's residual block per unit of its inner width (1 basic, 4 bottleneck)."""
+    return (BasicBlock if RESNET_SPECS[depth][0] == "basic" else Bottleneck).expansion
+
+
 class ResNet(nn.Module):
     """ResNet backbone (torchvision module names) that returns the requested stages by name.
 
