@@ -6,13 +6,15 @@ Usage:
 
 For each model (R50, random weights — speed does not depend on the weights), each ops
 implementation (``MODEL.USE_REFERENCE_OPS`` False/True), it measures:
-- inference images/s at batch 1 and 8, fp32 and bf16 autocast;
+- inference images/s at batch 1 and 8, fp32 and bf16 autocast, and the detections per image
+  (CondInst keeps every candidate: see ``make_cfg``);
 - one training iteration (forward + backward + optimizer step) at batch 2: time and peak memory.
 On a CPU the default image size is smaller (--size) and the JSON says so.
 
 ``--resume`` continues an earlier ``--out`` file of the same device and image size: rows it
-already measured are kept and skipped (their commit is the file's; the JSON lists every run),
-so a long CPU run can be finished in parts, e.g. ``--models CondInst --dtypes fp32 --resume``.
+already measured are kept and skipped (each row records the run that measured it; the JSON lists
+every run), so a long CPU run can be finished in parts, e.g. ``--models CondInst --dtypes fp32
+--resume``; ``--resume --remeasure`` measures the selected rows again and keeps the others.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def make_cfg(arch: str, device: str, reference_ops: bool, num_classes: int = 80)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     cfg.MODEL.USE_REFERENCE_OPS = reference_ops
+    if arch == "CondInst":
+        # Randomly initialised, FCOS scores sit near its 0.01 prior, under the 0.05 threshold: no
+        # detection would reach NMS or the mask head. Keeping every candidate gives a trained
+        # model's busiest case (POST_NMS_TOPK_TEST detections per image), as IDIP always has.
+        cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
     return cfg
 
 
@@ -93,17 +100,22 @@ def planned_keys(models: list[str], batches: list[int], dtypes: list[str], train
 
 
 def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup: int,
-               batches: list[int], dtypes: list[str], train: bool, rows: list[dict], save) -> None:
+               batches: list[int], dtypes: list[str], train: bool, rows: list[dict], save,
+               run: dict | None = None, remeasure: bool = False) -> None:
     """Appends ``arch``'s rows to ``rows``, calling ``save()`` after each (a run cut short keeps
-    what it measured). Rows already in ``rows`` without an error are not measured again."""
-    done = {row_key(r) for r in rows if "error" not in r}
+    what it measured). Rows already in ``rows`` without an error are not measured again unless
+    ``remeasure``. Each row carries ``run`` (the commit, date, repetitions of the run that
+    measured it)."""
+    run = run or {}
+    done = set() if remeasure else {row_key(r) for r in rows if "error" not in r}
     h, w = size
     for reference in (False, True):
         label = "reference ops" if reference else "idip kernels"
         todo = [k for k in planned_keys([arch], batches, dtypes, train) if k[1] == label and k not in done]
         if not todo:
             continue
-        rows[:] = [r for r in rows if row_key(r) not in todo]  # an earlier error is retried
+        rows[:] = [r for r in rows if row_key(r) not in todo]  # an earlier error (or --remeasure)
+        torch.manual_seed(0)  # both implementations get the same weights, hence the same workload
         model = build_model(make_cfg(arch, device, reference))
         model.eval()
         for bs in batches:
@@ -114,17 +126,21 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
                 gen = torch.Generator().manual_seed(bs)
                 batch = make_batch(bs, h, w, device, False, gen)
 
+                detections = []
+
                 def infer():
                     with torch.inference_mode(), torch.autocast(
                         device_type="cuda" if device.startswith("cuda") else "cpu",
                         dtype=torch.bfloat16, enabled=dtype == "bf16",
                     ):
-                        model(batch)
+                        out = model(batch)
+                    detections.append(sum(len(r["scores"]) for r in out) / len(out))
 
                 try:
                     ms = time_fn(infer, device, reps=reps, warmup=warmup)
                     rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
-                                 "dtype": dtype, "time_ms": ms, "images_per_s": bs / (ms * 1e-3)})
+                                 "dtype": dtype, "time_ms": ms, "images_per_s": bs / (ms * 1e-3),
+                                 "detections_per_image": detections[-1], **run})
                 except Exception as err:  # reported, never estimated
                     rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
                                  "dtype": dtype, "error": f"{type(err).__name__}: {err}"[:300]})
@@ -150,7 +166,7 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
         try:
             ms = time_fn(step, device, reps=reps, warmup=warmup)
             rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
-                         "time_ms": ms, "peak_memory_mb": peak_memory_mb(device)})
+                         "time_ms": ms, "peak_memory_mb": peak_memory_mb(device), **run})
         except Exception as err:
             rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
                          "error": f"{type(err).__name__}: {err}"[:300]})
@@ -196,6 +212,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows --out already has and measure only the missing ones")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="with --resume: measure this run's rows again even where --out has "
+                             "them (e.g. after the workload changed); the file's other rows stay")
     args = parser.parse_args(argv)
     on_cpu = not args.device.startswith("cuda")
     size = tuple(args.size) if args.size else ((320, 512) if on_cpu else (800, 1333))
@@ -229,7 +248,7 @@ def main(argv=None) -> None:
 
     for arch in args.models:
         bench_arch(arch, args.device, size, reps, warmup, args.batches, args.dtypes,
-                   not args.no_train, rows, save)
+                   not args.no_train, rows, save, run, args.remeasure)
     # complete: every row of the default plan (both dtypes, batches 1 and 8, training) is there
     have = {row_key(r) for r in rows if "error" not in r}
     result["complete"] = all(k in have for k in planned_keys(list(CONFIGS), [1, 8], ["fp32", "bf16"], True))

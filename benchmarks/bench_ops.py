@@ -62,6 +62,14 @@ def compiled(fn):
     return torch.compile(fn)
 
 
+def _torchvision_version() -> str | None:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    return torchvision.__version__
+
+
 def run(device: str, only: list[str] | None, reps: int, warmup: int,
         compile_reference: bool = False) -> dict:
     peaks = measure_peaks(device)
@@ -101,6 +109,7 @@ def run(device: str, only: list[str] | None, reps: int, warmup: int,
         "device_kind": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "torchvision": _torchvision_version(),  # None: its baselines were not run
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "commit": _git_commit(),

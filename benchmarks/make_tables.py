@@ -49,7 +49,38 @@ def _rate(row: dict) -> str:
     return ""
 
 
+BASELINES = (("compiled_reference", "torch.compile(reference) ms"), ("torchvision", "torchvision ms"))
+
+
+def _baseline_cell(res: dict, row: dict, label: str) -> str:
+    """A baseline's time; why there is none when it did not run: it failed here (the error's
+    type), it was not asked for (``--compile-reference`` off) or not installed (torchvision), or
+    the op has no such baseline ("n/a")."""
+    t = row["time_ms"].get(label)
+    if t:
+        return f"{t:.3f}"
+    error = row.get("errors", {}).get(label)
+    if error:
+        return "failed: " + error.split(":")[0]
+    if label == "compiled_reference" and not res.get("compiled_reference"):
+        return NOT_MEASURED
+    if label == "torchvision" and "torchvision" in res and not res["torchvision"]:
+        return NOT_MEASURED
+    return "n/a"
+
+
+def _best_baseline_speedup(row: dict) -> str:
+    """Ours against the fastest of the reference and every baseline that ran."""
+    t = row["time_ms"]
+    others = [v for k, v in t.items() if k != "ours" and v]
+    if not t.get("ours") or not others:
+        return NOT_MEASURED
+    return f"{min(others) / t['ours']:.2f}x"
+
+
 def ops_table(results: list[dict]) -> str:
+    """One line per case; per device: the reference, each extra baseline, ours, the speedup over
+    the reference and over the fastest baseline, and the achieved rate."""
     names: list[str] = []
     for res in results:
         for row in res["rows"]:
@@ -57,22 +88,22 @@ def ops_table(results: list[dict]) -> str:
                 names.append(row["name"])
     header = ["case"]
     for res in results:
-        header += [f"{res['device']}: reference ms", "ours ms", "speedup", "rate"]
+        header += [f"{res['device']}: reference ms"] + [title for _, title in BASELINES] + \
+                  ["ours ms", "speedup vs reference", "vs fastest baseline", "rate"]
+    per_device = 5 + len(BASELINES)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         cells = [name]
         for res in results:
             row = next((r for r in res["rows"] if r["name"] == name), None)
             if row is None:
-                cells += [NOT_MEASURED] * 3 + [""]
+                cells += [NOT_MEASURED] * (per_device - 1) + [""]
                 continue
             t = row["time_ms"]
-            extra = "".join(
-                f"; vs {k[len('speedup_vs_'):]} {v:.2f}x" for k, v in row.items()
-                if k.startswith("speedup_vs_") and k != "speedup_vs_reference" and v
-            )
-            cells += [_fmt_ms(t.get("reference")), _fmt_ms(t.get("ours")),
-                      _fmt_x(row.get("speedup_vs_reference")) + extra, _rate(row)]
+            cells += [_fmt_ms(t.get("reference"))]
+            cells += [_baseline_cell(res, row, label) for label, _ in BASELINES]
+            cells += [_fmt_ms(t.get("ours")), _fmt_x(row.get("speedup_vs_reference")),
+                      _best_baseline_speedup(row), _rate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -117,7 +148,9 @@ def _model_cell(row: dict | None) -> str:
     if "error" in row:
         return "error: " + row["error"].split(":")[0]
     if row["mode"] == "inference":
-        return f"{row['time_ms']:.1f} ({row['images_per_s']:.2f} img/s)"
+        det = row.get("detections_per_image")
+        det = "" if det is None else f", {det:.0f} det/img"
+        return f"{row['time_ms']:.1f} ({row['images_per_s']:.2f} img/s{det})"
     mem = f", {row['peak_memory_mb']:.0f} MB peak" if row.get("peak_memory_mb") else ""
     return f"{row['time_ms']:.1f}{mem}"
 
