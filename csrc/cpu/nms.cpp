@@ -1,5 +1,6 @@
 // NMS on the CPU: boxes in decreasing score order (a stable sort, as torchvision's CPU kernel:
-// equal scores in index order), then the greedy scan. batched_nms compares only boxes of the same class.
+// equal scores in index order), then the greedy scan. batched_nms scans each class on its own.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -10,8 +11,8 @@ namespace idip {
 namespace {
 
 template <typename T>
-int64_t greedy_scan(const T* boxes, const int64_t* classes, const int64_t* order, int64_t n,
-                    double iou_threshold, int64_t* keep) {
+int64_t greedy_scan(const T* boxes, const int64_t* order, int64_t n, double iou_threshold,
+                    int64_t* keep) {
   std::vector<T> areas(n);
   for (int64_t i = 0; i < n; ++i) {
     const T* b = boxes + i * 4;
@@ -24,10 +25,45 @@ int64_t greedy_scan(const T* boxes, const int64_t* classes, const int64_t* order
     keep[kept++] = order[i];
     const T* bi = boxes + i * 4;
     for (int64_t j = i + 1; j < n; ++j) {
-      if (suppressed[j] || (classes != nullptr && classes[j] != classes[i])) continue;
+      if (suppressed[j]) continue;
       if (box_iou(bi, areas[i], boxes + j * 4, areas[j]) > iou_threshold) suppressed[j] = 1;
     }
   }
+  return kept;
+}
+
+// Boxes of different classes never suppress each other, so one scan per class keeps the same set
+// as a single scan that skips other classes' boxes, with 1/classes of the pairs to look at; the
+// classes are independent, so they run in parallel. Returns a flag per score-order position.
+template <typename T>
+std::vector<uint8_t> scan_per_class(const at::Tensor& sorted_boxes, const at::Tensor& sorted_classes,
+                                    double iou_threshold) {
+  const int64_t n = sorted_boxes.size(0);
+  // score-order positions grouped by class; a stable sort keeps score order within a class
+  const at::Tensor by_class = std::get<1>(sorted_classes.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const at::Tensor class_boxes = sorted_boxes.index_select(0, by_class).contiguous();
+  const at::Tensor grouped = sorted_classes.index_select(0, by_class).contiguous();
+  const int64_t* cls = grouped.data_ptr<int64_t>();
+  std::vector<int64_t> starts{0};
+  for (int64_t i = 1; i < n; ++i) {
+    if (cls[i] != cls[i - 1]) starts.push_back(i);
+  }
+  starts.push_back(n);
+  const int64_t segments = static_cast<int64_t>(starts.size()) - 1;
+  const T* boxes = class_boxes.data_ptr<T>();
+  const int64_t* positions = by_class.data_ptr<int64_t>();
+  std::vector<int64_t> kept_positions(n);
+  std::vector<uint8_t> kept(n, 0);
+  // small inputs stay on one thread: a parallel region costs more than their scan
+  const int64_t grain = n < 2048 ? segments : 1;
+  at::parallel_for(0, segments, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t first = starts[s];
+      const int64_t count = greedy_scan(boxes + first * 4, positions + first, starts[s + 1] - first,
+                                        iou_threshold, kept_positions.data() + first);
+      for (int64_t k = 0; k < count; ++k) kept[kept_positions[first + k]] = 1;
+    }
+  });
   return kept;
 }
 
@@ -38,14 +74,20 @@ at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& s
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
-  at::Tensor sorted_classes;
-  if (idxs != nullptr) sorted_classes = idxs->to(at::kLong).index_select(0, order).contiguous();
   at::Tensor keep = at::empty({n}, boxes.options().dtype(at::kLong));
+  int64_t* out = keep.data_ptr<int64_t>();
+  const int64_t* order_ptr = order.data_ptr<int64_t>();
   int64_t kept = 0;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
-    kept = greedy_scan(sorted_boxes.data_ptr<scalar_t>(),
-                       idxs != nullptr ? sorted_classes.data_ptr<int64_t>() : nullptr,
-                       order.data_ptr<int64_t>(), n, iou_threshold, keep.data_ptr<int64_t>());
+    if (idxs == nullptr) {
+      kept = greedy_scan(sorted_boxes.data_ptr<scalar_t>(), order_ptr, n, iou_threshold, out);
+      return;
+    }
+    const at::Tensor sorted_classes = idxs->to(at::kLong).index_select(0, order).contiguous();
+    const std::vector<uint8_t> flags = scan_per_class<scalar_t>(sorted_boxes, sorted_classes, iou_threshold);
+    for (int64_t i = 0; i < n; ++i) {  // back to decreasing score order across classes
+      if (flags[i]) out[kept++] = order_ptr[i];
+    }
   });
   return keep.narrow(0, 0, kept);
 }

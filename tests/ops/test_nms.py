@@ -110,6 +110,31 @@ def test_batched_matches_reference(device, n):
     assert batched_nms(same, scores[:3], torch.arange(3, device=device), 0.5).numel() == 3
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n, classes", [(3000, 80), (2500, 1), (2100, 7)])
+def test_batched_many_boxes_matches_reference(device, n, classes):
+    """Past 2048 boxes the CPU kernel scans the classes in parallel; scores with many ties (two
+    decimals) check that the merged order is decreasing score with ties in index order."""
+    gen = torch.Generator().manual_seed(n)
+    boxes, _ = make_boxes(n, torch.float32, device, seed=n, size=300.0)
+    scores = (torch.rand(n, generator=gen) * 100).round().div(100).to(device)
+    idxs = torch.randint(0, classes, (n,), generator=gen).to(device) * 3 - 5  # any integers
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(keep, ref.batched_nms(boxes, scores, idxs, 0.5))
+    assert 0 < keep.numel() < n
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_one_box_per_class_keeps_all_in_score_order(device):
+    n = 3000
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(n, 1).to(device)  # all the same box
+    scores = (torch.rand(n, generator=gen) * 10).round().to(device)  # ties everywhere
+    idxs = torch.randperm(n, generator=gen).to(device)
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(keep, torch.sort(scores, descending=True, stable=True).indices)
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="boxes must be \\[K, 4\\]"):
         nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
