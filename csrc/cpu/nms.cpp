@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "nms.h"
@@ -10,24 +12,48 @@
 namespace idip {
 namespace {
 
+// The largest value of T that is <= threshold: for any x of type T (NaN included),
+// x > below_or_at(threshold) exactly when double(x) > threshold, as torchvision compares.
+template <typename T>
+T below_or_at(double threshold) {
+  T t = static_cast<T>(threshold);
+  if (static_cast<double>(t) > threshold) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
+}
+
+// Greedy scan of n boxes in score order; writes order[i] of each kept box to keep, returns how
+// many. The survivors are kept compacted in separate coordinate arrays: each kept box removes
+// what it suppresses, so later ones look only at what is left, in a loop without branches.
 template <typename T>
 int64_t greedy_scan(const T* boxes, const int64_t* order, int64_t n, double iou_threshold,
                     int64_t* keep) {
-  std::vector<T> areas(n);
+  std::vector<T> x1(n), y1(n), x2(n), y2(n), area(n);
+  std::vector<int64_t> pos(n);
   for (int64_t i = 0; i < n; ++i) {
     const T* b = boxes + i * 4;
-    areas[i] = box_area(b[0], b[1], b[2], b[3]);
+    x1[i] = b[0], y1[i] = b[1], x2[i] = b[2], y2[i] = b[3];
+    area[i] = box_area(b[0], b[1], b[2], b[3]);
+    pos[i] = i;
   }
-  std::vector<uint8_t> suppressed(n, 0);
+  const T threshold = below_or_at<T>(iou_threshold);
+  std::vector<uint8_t> suppressed(n);
+  int64_t left = n;
   int64_t kept = 0;
-  for (int64_t i = 0; i < n; ++i) {  // i, j: positions in score order
-    if (suppressed[i]) continue;
-    keep[kept++] = order[i];
-    const T* bi = boxes + i * 4;
-    for (int64_t j = i + 1; j < n; ++j) {
-      if (suppressed[j]) continue;
-      if (box_iou(bi, areas[i], boxes + j * 4, areas[j]) > iou_threshold) suppressed[j] = 1;
+  while (left > 0) {
+    keep[kept++] = order[pos[0]];
+    const T b[4] = {x1[0], y1[0], x2[0], y2[0]};
+    const T a = area[0];
+    for (int64_t j = 1; j < left; ++j) {
+      const T c[4] = {x1[j], y1[j], x2[j], y2[j]};
+      suppressed[j] = box_iou(b, a, c, area[j]) > threshold;
     }
+    int64_t w = 0;
+    for (int64_t j = 1; j < left; ++j) {
+      x1[w] = x1[j], y1[w] = y1[j], x2[w] = x2[j], y2[w] = y2[j];
+      area[w] = area[j], pos[w] = pos[j];
+      w += !suppressed[j];
+    }
+    left = w;
   }
   return kept;
 }

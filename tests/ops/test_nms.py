@@ -76,6 +76,21 @@ def test_iou_equal_to_threshold_is_kept(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, kept", [(torch.float32, [0]), (torch.float64, [0, 1])])
+def test_iou_is_compared_with_the_threshold_in_double(device, dtype, kept):
+    """IoU 50 / 150 = 1/3 against the threshold 1/3 (a Python float): in float32 the IoU rounds
+    up to 0.33333334, above the threshold, so the box is suppressed, as torchvision compares;
+    in float64 it equals the threshold and is kept."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10]], device=device, dtype=dtype)
+    scores = torch.tensor([0.9, 0.8], device=device, dtype=dtype)
+    assert nms(boxes, scores, 1 / 3).tolist() == kept
+    assert batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long, device=device), 1 / 3).tolist() == kept
+    assert ref.nms(boxes, scores, 1 / 3).tolist() == kept
+    if tv_ops is not None:
+        assert tv_ops.nms(boxes.cpu(), scores.cpu(), 1 / 3).tolist() == kept
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_degenerate_boxes(device):
     """Zero-area boxes have IoU 0/0 = NaN with each other and are never suppressed by them."""
     boxes = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10], [0, 0, 10, 10],
