@@ -37,7 +37,15 @@ from .events import TrainingEvents
 from .logger import setup_logger
 from .lr_scheduler import build_lr_scheduler
 from .optim import build_optimizer, clip_gradients
-from .runtime import check_batch_split, check_num_classes, configure_torch, grad_accum_steps, resolve_seed, seed_process
+from .runtime import (
+    check_batch_split,
+    check_num_classes,
+    configure_torch,
+    grad_accum_steps,
+    resolve_seed,
+    seed_process,
+    slow_amp_warning,
+)
 from .seeding import capture_rng_state, restore_rng_state, seed_all
 
 logger = logging.getLogger(__name__)
@@ -89,6 +97,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.amp_dtype = self._amp_dtype(cfg)
+        amp_warning = slow_amp_warning(cfg, self.device.type)
+        if amp_warning:
+            logger.warning(amp_warning)
         self.grad_scaler = torch.amp.GradScaler(
             self.device.type, enabled=cfg.SOLVER.AMP.ENABLED and self.amp_dtype == torch.float16
         )

@@ -107,6 +107,27 @@ def test_amp_runs_and_scaler_only_for_float16(tmp_path, dtype):
     assert all(torch.isfinite(v).all() for v in _params(trainer).values())
 
 
+@pytest.mark.parametrize("machine, capability, warns", [
+    ("x86_64", "AVX2", True), ("x86_64", "DEFAULT", True), ("x86_64", "AVX512", False),
+    ("aarch64", "SVE256", False),
+])
+def test_amp_on_a_cpu_without_fast_half_kernels_warns(tmp_path, monkeypatch, machine, capability, warns):
+    import idip.engine.runtime as runtime
+
+    monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
+    monkeypatch.setattr(runtime.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cfg = _cfg(tmp_path, max_iter=1, **{"SOLVER.AMP.ENABLED": True})
+    message = runtime.slow_amp_warning(cfg, "cpu")
+    assert (message is not None) == warns
+    if warns:
+        assert "SOLVER.AMP.ENABLED" in message and capability in message and "bfloat16" in message
+        TinyTrainer(cfg)
+        assert f"WARNING] {message}" in open(tmp_path / "log.txt").read()
+    assert runtime.slow_amp_warning(cfg, "cuda") is None
+    off = _cfg(tmp_path, max_iter=1)
+    assert runtime.slow_amp_warning(off, "cpu") is None
+
+
 def test_model_weights_loads_full_checkpoint(tmp_path):
     src = TinyTrainer(_cfg(tmp_path / "a", max_iter=2))
     src.train()
