@@ -4,10 +4,11 @@ Usage:
     python benchmarks/bench_model.py --device cuda --out benchmarks/results/model-h100.json
     python benchmarks/bench_model.py --device cpu --size 320 512 --out benchmarks/results/model-cpu.json
 
-For each model (R50, random weights — speed does not depend on the weights), each ops
-implementation (``MODEL.USE_REFERENCE_OPS`` False/True), it measures:
-- inference images/s at batch 1 and 8, fp32 and bf16 autocast, and the detections per image
-  (CondInst keeps every candidate: see ``make_cfg``);
+For each model (R50, random weights, the same for both implementations: weights change the work
+only through what they detect or match, so inference rows report the detections per image) and
+each ops implementation (``MODEL.USE_REFERENCE_OPS`` False/True), it measures:
+- inference images/s at batch 1 and 8, fp32 and bf16 autocast (CondInst keeps every candidate:
+  see ``make_cfg``);
 - one training iteration (forward + backward + optimizer step) at batch 2: time and peak memory.
 On a CPU the default image size is smaller (--size) and the JSON says so.
 
@@ -114,7 +115,7 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
         todo = [k for k in planned_keys([arch], batches, dtypes, train) if k[1] == label and k not in done]
         if not todo:
             continue
-        rows[:] = [r for r in rows if row_key(r) not in todo]  # an earlier error (or --remeasure)
+        rows[:] = [r for r in rows if row_key(r) not in todo]  # errors and --remeasure rows: replaced
         torch.manual_seed(0)  # both implementations get the same weights, hence the same workload
         model = build_model(make_cfg(arch, device, reference))
         model.eval()

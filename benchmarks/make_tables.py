@@ -114,13 +114,30 @@ def _ops_detail(res: dict) -> str:
             f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s")
 
 
+def _row_runs(res: dict) -> list[tuple[dict, int]]:
+    """The runs that measured the file's rows, each with its number of rows. A row without its
+    own run fields (files written before rows carried them) belongs to the file's first run."""
+    first = {k: res.get(k) for k in ("commit", "date", "reps", "warmup")}
+    runs: list[tuple[dict, int]] = []
+    for row in res["rows"]:
+        run = {k: row.get(k, first[k]) for k in first} if "commit" in row else first
+        for i, (known, count) in enumerate(runs):
+            if known == run:
+                runs[i] = (known, count + 1)
+                break
+        else:
+            runs.append((run, 1))
+    return runs
+
+
 def _model_detail(res: dict) -> str:
     state = "" if res.get("complete", True) else \
-        " — not every row was run: the missing ones are not measured"
-    runs = res.get("runs", [])
-    parts = "" if len(runs) < 2 else "; measured in {} runs ({})".format(
-        len(runs), ", ".join(f"commit {r.get('commit')} {r.get('date')}, {r.get('reps')} repetitions" for r in runs))
-    return f"{res.get('note', '')}{state}{parts}"
+        "; not every row was run: the missing ones are not measured"
+    runs = "; ".join(
+        f"{count} row{'s' if count > 1 else ''} at commit {run['commit']}, {run['date']}, "
+        f"median of {run['reps']} after {run['warmup']} warm-up"
+        for run, count in _row_runs(res))
+    return f"{res.get('note', '')}{state}; measured: {runs}"
 
 
 def provenance(results: list[dict], detail=_ops_detail) -> str:
@@ -130,16 +147,21 @@ def provenance(results: list[dict], detail=_ops_detail) -> str:
         if res.get("_file") is None:
             lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
             continue
-        lines.append(
-            f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}, "
-            f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
-            f"{detail(res)}."
-        )
+        head = f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}"
+        if detail is _ops_detail:
+            head += f", commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median)"
+        lines.append(f"{head}; {detail(res)}.")
     return "\n".join(lines)
 
 
 def _model_key(row: dict) -> tuple:
     return (row["model"], row["mode"], row["batch"], row["dtype"])
+
+
+def _model_order(key: tuple) -> tuple:
+    """IDIP before CondInst, inference before training, then batch, fp32 before bf16."""
+    model, mode, batch, dtype = key
+    return (model != "IDIP", model, mode != "inference", batch, dtype != "fp32", dtype)
 
 
 def _model_cell(row: dict | None) -> str:
@@ -158,11 +180,7 @@ def _model_cell(row: dict | None) -> str:
 def model_table(results: list[dict]) -> str:
     """One line per (model, mode, batch, dtype); per device: our kernels, the reference ops,
     the end-to-end speedup."""
-    keys: list[tuple] = []
-    for res in results:
-        for row in res["rows"]:
-            if _model_key(row) not in keys:
-                keys.append(_model_key(row))
+    keys = sorted({_model_key(row) for res in results for row in res["rows"]}, key=_model_order)
     header = ["model", "mode", "batch", "dtype"]
     for res in results:
         size = "x".join(str(v) for v in res.get("image_size", [])) or "800x1333"

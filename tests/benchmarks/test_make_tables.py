@@ -37,15 +37,16 @@ def test_cpu_only_results_leave_every_gpu_cell_not_measured(make_tables):
     })
     _write(tmp, "model-cpu.json", {
         "model": True, "device": "Test CPU", "device_kind": "cpu", "image_size": [320, 512],
-        "commit": "abc", "reps": 3, "complete": False, "note": "small",
+        "commit": "abc", "date": "d1", "reps": 3, "warmup": 1, "complete": False, "note": "small",
         "runs": [{"commit": "abc", "date": "d1", "reps": 3}, {"commit": "def", "date": "d2", "reps": 2}],
         "rows": [
+            {"model": "IDIP", "ops": "idip kernels", "mode": "train", "batch": 2, "dtype": "fp32",
+             "time_ms": 900.0, "peak_memory_mb": None,
+             "commit": "def", "date": "d2", "reps": 2, "warmup": 0},
             {"model": "IDIP", "ops": "idip kernels", "mode": "inference", "batch": 1, "dtype": "fp32",
              "time_ms": 250.0, "images_per_s": 4.0, "detections_per_image": 100.0},
             {"model": "IDIP", "ops": "reference ops", "mode": "inference", "batch": 1, "dtype": "fp32",
              "time_ms": 1000.0, "images_per_s": 1.0},
-            {"model": "IDIP", "ops": "idip kernels", "mode": "train", "batch": 2, "dtype": "fp32",
-             "time_ms": 900.0, "peak_memory_mb": None},
         ],
     })
     text = module.render()
@@ -59,7 +60,11 @@ def test_cpu_only_results_leave_every_gpu_cell_not_measured(make_tables):
     train = next(line for line in text.splitlines() if line.startswith("| IDIP | train"))
     assert train.count("not measured") == 2 + 3  # no reference row here, and no GPU
     assert "not every row was run" in text
-    assert "measured in 2 runs (commit abc d1, 3 repetitions, commit def d2, 2 repetitions)" in text
+    # each row's own run; rows without one (older files) belong to the file's first run
+    assert ("measured: 1 row at commit def, d2, median of 2 after 0 warm-up; "
+            "2 rows at commit abc, d1, median of 3 after 1 warm-up.") in text
+    # rows in a fixed order whatever the file's (training first there): inference before training
+    assert text.index("| IDIP | inference") < text.index("| IDIP | train")
 
 
 def test_ops_baselines_compiled_failed_and_missing(make_tables):
