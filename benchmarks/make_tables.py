@@ -110,24 +110,21 @@ def ops_table(results: list[dict]) -> str:
 
 def _ops_detail(res: dict) -> str:
     peaks = res.get("peaks", {})
-    return (f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
+    return (f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
+            f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
             f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s")
 
 
 def _row_runs(res: dict) -> list[tuple[dict, int]]:
     """The runs that measured the file's rows, each with its number of rows. A row without its
     own run fields (files written before rows carried them) belongs to the file's first run."""
-    first = {k: res.get(k) for k in ("commit", "date", "reps", "warmup")}
-    runs: list[tuple[dict, int]] = []
+    fields = ("commit", "date", "reps", "warmup")
+    counts: dict[tuple, int] = {}  # in order of first appearance
     for row in res["rows"]:
-        run = {k: row.get(k, first[k]) for k in first} if "commit" in row else first
-        for i, (known, count) in enumerate(runs):
-            if known == run:
-                runs[i] = (known, count + 1)
-                break
-        else:
-            runs.append((run, 1))
-    return runs
+        owner = row if "commit" in row else res
+        run = tuple(owner.get(k) for k in fields)
+        counts[run] = counts.get(run, 0) + 1
+    return [(dict(zip(fields, run)), count) for run, count in counts.items()]
 
 
 def _model_detail(res: dict) -> str:
@@ -141,16 +138,15 @@ def _model_detail(res: dict) -> str:
 
 
 def provenance(results: list[dict], detail=_ops_detail) -> str:
-    """One line per device: its result file, versions, commit, date, and ``detail(result)``."""
+    """One line per device: its result file, torch and CUDA versions, and ``detail(result)`` (the
+    commit, date and repetitions of the run, or of each run that measured rows)."""
     lines = []
     for res in results:
         if res.get("_file") is None:
             lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
             continue
-        head = f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, CUDA {res.get('cuda')}"
-        if detail is _ops_detail:
-            head += f", commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median)"
-        lines.append(f"{head}; {detail(res)}.")
+        lines.append(f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, "
+                     f"CUDA {res.get('cuda')}; {detail(res)}.")
     return "\n".join(lines)
 
 
