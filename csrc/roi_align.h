@@ -90,8 +90,10 @@ struct Bilinear {
 
 template <typename T>
 IDIP_HOST_DEVICE bool bilinear_weights(T y, T x, int64_t height, int64_t width, Bilinear<T>& b) {
-  // Written as !(inside) so that NaN coordinates count as outside.
-  if (!(y >= T(-1) && y <= static_cast<T>(height) && x >= T(-1) && x <= static_cast<T>(width))) {
+  // Written as !(inside) so that NaN coordinates count as outside. A map without rows or
+  // columns (an FPN level coarser than a small image) has nothing to sample.
+  if (height <= 0 || width <= 0 ||
+      !(y >= T(-1) && y <= static_cast<T>(height) && x >= T(-1) && x <= static_cast<T>(width))) {
     for (int i = 0; i < 4; ++i) {
       b.pos[i] = 0;
       b.w[i] = T(0);

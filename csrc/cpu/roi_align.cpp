@@ -60,8 +60,12 @@ template <typename T>
 void pool_roi(const RoiSamples<T>& s, const LevelTable<const T*>& levels, int64_t channels,
               int64_t c_begin, int64_t c_end, int64_t bins, T* __restrict__ acc, T* out_roi) {
   const int64_t plane = levels.height[s.level] * levels.width[s.level];
-  const T* base = levels.data[s.level] + s.batch * plane * channels + c_begin;
   const int64_t cn = c_end - c_begin;
+  if (plane == 0) {  // a level without pixels (its data pointer may be null): nothing to pool
+    for (int64_t c = 0; c < cn; ++c) std::fill_n(out_roi + (c_begin + c) * bins, bins, T(0));
+    return;
+  }
+  const T* base = levels.data[s.level] + s.batch * plane * channels + c_begin;
   const int64_t per_bin = static_cast<int64_t>(std::max(s.bins.grid_h, 0)) *
                           std::max(s.bins.grid_w, 0);
   const Bilinear<T>* p = s.points.data();
@@ -128,6 +132,7 @@ void roi_align_backward_kernel(const LevelTable<T*>& levels, int64_t batch_size,
       compute_roi_samples(rois + k * 5, levels, batch_size, pooled_height, pooled_width,
                           sampling_ratio, aligned, s);
       const int64_t plane = levels.height[s.level] * levels.width[s.level];
+      if (plane == 0) continue;  // a level without pixels receives no gradient
       T* base = levels.data[s.level] + s.batch * plane * channels + c_begin;
       const int64_t per_bin = static_cast<int64_t>(std::max(s.bins.grid_h, 0)) *
                               std::max(s.bins.grid_w, 0);

@@ -6,10 +6,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include "condinst_ops.h"
 
@@ -86,18 +85,18 @@ int64_t num_blocks(int64_t total) {
 
 at::Tensor aligned_upsample_cuda(const at::Tensor& x, int64_t factor) {
   check_aligned_upsample_args(x, factor, "x");
-  c10::cuda::CUDAGuard guard(x.device());
+  gpu::DeviceGuard guard(x.device());
   auto input = x.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   auto out = at::empty({N, C, H * factor, W * factor}, input.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "aligned_upsample_cuda", [&] {
-    aligned_upsample_forward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(aligned_upsample_forward_kernel<scalar_t>, num_blocks(total), kThreads, 0, stream,
         input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, H, W, factor);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -105,24 +104,24 @@ at::Tensor aligned_upsample_cuda(const at::Tensor& x, int64_t factor) {
 at::Tensor aligned_upsample_backward_cuda(const at::Tensor& grad, int64_t factor, int64_t height,
                                           int64_t width) {
   check_aligned_upsample_backward_args(grad, factor, height, width);
-  c10::cuda::CUDAGuard guard(grad.device());
+  gpu::DeviceGuard guard(grad.device());
   auto g = grad.contiguous();
   auto grad_in = at::empty({g.size(0), g.size(1), height, width}, g.options());
   const int64_t total = grad_in.numel();
   if (total == 0) return grad_in;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "aligned_upsample_backward_cuda", [&] {
-    aligned_upsample_backward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(aligned_upsample_backward_kernel<scalar_t>, num_blocks(total), kThreads, 0, stream,
         g.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), total, height, width, factor);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
   return grad_in;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) {
+IDIP_CUDA_KERNELS(m) {
   m.impl("aligned_upsample", &aligned_upsample_cuda);
   m.impl("aligned_upsample_backward", &aligned_upsample_backward_cuda);
 }

@@ -7,10 +7,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include <limits>
 
@@ -96,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> box_ddim_step_cuda(const at::Tensor& x_t,
                                                       const at::Tensor& renew) {
   check_box_ddim_step_args(x_t, pred_boxes, image_size, keep, noise, renew);
   const DdimCoefficients k = ddim_coefficients(alpha, alpha_next, eta);
-  c10::cuda::CUDAGuard guard(x_t.device());
+  gpu::DeviceGuard guard(x_t.device());
   auto xt = x_t.contiguous();
   auto pb = pred_boxes.contiguous();
   auto sz = image_size.contiguous();
@@ -108,23 +107,23 @@ std::tuple<at::Tensor, at::Tensor> box_ddim_step_cuda(const at::Tensor& x_t,
   const int64_t B = xt.size(0), N = xt.size(1);
   if (B == 0 || N == 0) return {x_next, boxes_next};
   TORCH_CHECK(B <= std::numeric_limits<int32_t>::max(), "box_ddim_step: too many images (", B, ")");
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xt.scalar_type(), "box_ddim_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    box_ddim_step_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(box_ddim_step_kernel<scalar_t>, static_cast<unsigned>(B), kThreads, 0, stream,
         xt.data_ptr<scalar_t>(), pb.data_ptr<scalar_t>(), sz.data_ptr<scalar_t>(),
         kp.data_ptr<bool>(), nz.data_ptr<scalar_t>(), rn.data_ptr<scalar_t>(),
         static_cast<acc_t>(k.sqrt_alpha), static_cast<acc_t>(k.sqrt_one_minus_alpha),
         static_cast<acc_t>(k.sqrt_alpha_next), static_cast<acc_t>(k.c),
         static_cast<acc_t>(k.sigma), x_next.data_ptr<scalar_t>(), boxes_next.data_ptr<scalar_t>(),
         N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
   return {x_next, boxes_next};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) { m.impl("box_ddim_step", &box_ddim_step_cuda); }
+IDIP_CUDA_KERNELS(m) { m.impl("box_ddim_step", &box_ddim_step_cuda); }
 
 }  // namespace idip

@@ -2,10 +2,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include "box_ops.h"
 
@@ -25,7 +24,7 @@ __global__ void box_q_sample_kernel(const scalar_t* __restrict__ x_start,
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = i / N;
     const int64_t step = t[b];
-    CUDA_KERNEL_ASSERT(step >= 0 && step < T);
+    IDIP_KERNEL_ASSERT(step >= 0 && step < T);
     const scalar_t a_s = ac_f64 ? static_cast<scalar_t>(ac_f64[step])
                                 : static_cast<scalar_t>(ac_f32[step]);
     const acc_t a = static_cast<acc_t>(a_s);
@@ -46,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> box_q_sample_cuda(const at::Tensor& x_start,
                                                      const at::Tensor& alphas_cumprod,
                                                      const at::Tensor& image_size) {
   check_box_q_sample_args(x_start, noise, t, alphas_cumprod, image_size);
-  c10::cuda::CUDAGuard guard(x_start.device());
+  gpu::DeviceGuard guard(x_start.device());
   auto xs = x_start.contiguous();
   auto nz = noise.contiguous();
   auto tt = t.contiguous();
@@ -58,20 +57,20 @@ std::tuple<at::Tensor, at::Tensor> box_q_sample_cuda(const at::Tensor& x_start,
   if (total == 0) return {x_t, boxes};
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs.scalar_type(), "box_q_sample_cuda", [&] {
-    box_q_sample_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(box_q_sample_kernel<scalar_t>, blocks, threads, 0, stream,
         xs.data_ptr<scalar_t>(), nz.data_ptr<scalar_t>(), tt.data_ptr<int64_t>(),
         ac.scalar_type() == at::kFloat ? ac.data_ptr<float>() : nullptr,
         ac.scalar_type() == at::kDouble ? ac.data_ptr<double>() : nullptr, ac.numel(),
         sz.data_ptr<scalar_t>(), x_t.data_ptr<scalar_t>(), boxes.data_ptr<scalar_t>(), total, N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
   return {x_t, boxes};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) { m.impl("box_q_sample", &box_q_sample_cuda); }
+IDIP_CUDA_KERNELS(m) { m.impl("box_q_sample", &box_q_sample_cuda); }
 
 }  // namespace idip

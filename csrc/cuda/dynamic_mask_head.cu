@@ -14,10 +14,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include "condinst_ops.h"
 
@@ -157,7 +156,7 @@ template <typename scalar_t, int MAXC>
 __global__ void __launch_bounds__(kThreads) dynamic_mask_head_forward_kernel(
     HeadArgs<scalar_t> a, scalar_t* __restrict__ logits) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  IDIP_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);
   const int64_t HW = a.H * a.W;
   const int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -167,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) dynamic_mask_head_forward_kernel(
     __syncthreads();
     if (pix >= HW) continue;
     const int64_t b = a.im_inds[n];
-    CUDA_KERNEL_ASSERT(b >= 0 && b < a.B);
+    IDIP_KERNEL_ASSERT(b >= 0 && b < a.B);
     acc_t rx, ry, h[MAXC];
     relative_coords(a, n, pix, &rx, &ry);
     forward_to<scalar_t, MAXC>(a, sp, a.net.num_layers, b, pix, rx, ry, h);
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) dynamic_mask_head_backward_kernel(
     at::opmath_type<scalar_t>* __restrict__ grad_feats,
     at::opmath_type<scalar_t>* __restrict__ grad_params) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  IDIP_DYNAMIC_SHARED(unsigned char, smem_raw);
   const Net& net = a.net;
   acc_t* sp = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* sg = sp + net.num_params;
@@ -204,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) dynamic_mask_head_backward_kernel(
     for (int j = threadIdx.x; j < net.num_params; j += blockDim.x) sg[j] = 0;
     __syncthreads();
     const int64_t b = a.im_inds[n];
-    CUDA_KERNEL_ASSERT(b >= 0 && b < a.B);
+    IDIP_KERNEL_ASSERT(b >= 0 && b < a.B);
     acc_t rx, ry;
     relative_coords(a, n, pix, &rx, &ry);
     acc_t g[MAXC], x[MAXC], t[MAXC];
@@ -331,22 +330,21 @@ at::Tensor dynamic_mask_head_cuda(const at::Tensor& mask_feats, const at::Tensor
                                   const at::Tensor& im_inds, const at::Tensor& locations,
                                   const at::Tensor& soi, int64_t mask_stride, int64_t channels,
                                   int64_t num_layers, bool rel_coords) {
-  c10::cuda::CUDAGuard guard(mask_feats.device());
+  gpu::DeviceGuard guard(mask_feats.device());
   const Prepared p = prepare("dynamic_mask_head", mask_feats, params, im_inds, locations, soi,
                              mask_stride, channels, num_layers, rel_coords);
   const int64_t N = p.params.size(0), H = p.feats.size(2), W = p.feats.size(3);
   auto logits = at::empty({N, 1, H, W}, p.feats.options());
   if (logits.numel() == 0) return logits;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.feats.scalar_type(),
                                   "dynamic_mask_head_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto args = make_args<scalar_t>(p, mask_stride, rel_coords);
     const size_t smem = p.layout.num_params * sizeof(acc_t);
     dispatch_width(channels, [&](auto width) {
-      dynamic_mask_head_forward_kernel<scalar_t, decltype(width)::value>
-          <<<head_grid(H * W, N), kThreads, smem, stream>>>(args, logits.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      IDIP_LAUNCH_KERNEL((dynamic_mask_head_forward_kernel<scalar_t, decltype(width)::value>), head_grid(H * W, N), kThreads, smem, stream, args, logits.data_ptr<scalar_t>());
+      IDIP_KERNEL_LAUNCH_CHECK();
     });
   });
   return logits;
@@ -356,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cuda(
     const at::Tensor& grad, const at::Tensor& mask_feats, const at::Tensor& params,
     const at::Tensor& im_inds, const at::Tensor& locations, const at::Tensor& soi,
     int64_t mask_stride, int64_t channels, int64_t num_layers, bool rel_coords) {
-  c10::cuda::CUDAGuard guard(mask_feats.device());
+  gpu::DeviceGuard guard(mask_feats.device());
   const Prepared p = prepare("dynamic_mask_head_backward", mask_feats, params, im_inds, locations,
                              soi, mask_stride, channels, num_layers, rel_coords);
   const int64_t N = p.params.size(0), H = p.feats.size(2), W = p.feats.size(3);
@@ -371,18 +369,17 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cuda(
   auto grad_params = at::zeros(p.params.sizes(), p.params.options().dtype(acc));
   if (N > 0 && H * W > 0) {
     auto g = grad.contiguous();
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto stream = gpu::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.feats.scalar_type(),
                                     "dynamic_mask_head_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto args = make_args<scalar_t>(p, mask_stride, rel_coords);
       const size_t smem = 2 * p.layout.num_params * sizeof(acc_t);
       dispatch_width(channels, [&](auto width) {
-        dynamic_mask_head_backward_kernel<scalar_t, decltype(width)::value>
-            <<<head_grid(H * W, N), kThreads, smem, stream>>>(
+        IDIP_LAUNCH_KERNEL((dynamic_mask_head_backward_kernel<scalar_t, decltype(width)::value>), head_grid(H * W, N), kThreads, smem, stream,
                 args, g.data_ptr<scalar_t>(), grad_feats.data_ptr<acc_t>(),
                 grad_params.data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        IDIP_KERNEL_LAUNCH_CHECK();
       });
     });
   }
@@ -391,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) {
+IDIP_CUDA_KERNELS(m) {
   m.impl("dynamic_mask_head", &dynamic_mask_head_cuda);
   m.impl("dynamic_mask_head_backward", &dynamic_mask_head_backward_cuda);
 }

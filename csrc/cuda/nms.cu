@@ -12,10 +12,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include "nms.h"
 
@@ -76,7 +75,7 @@ __global__ void nms_scan_kernel(int64_t n, int64_t words_per_row,
                                 const int64_t* __restrict__ order, int64_t* __restrict__ keep,
                                 int64_t* __restrict__ num_kept,
                                 unsigned long long* removed_global) {
-  extern __shared__ unsigned long long removed_shared[];
+  IDIP_DYNAMIC_SHARED(unsigned long long, removed_shared);
   __shared__ unsigned long long diagonal[kBoxesPerWord];
   __shared__ unsigned long long kept_bits;
   __shared__ int64_t count;
@@ -120,7 +119,7 @@ __global__ void nms_scan_kernel(int64_t n, int64_t words_per_row,
 at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
                     const at::Tensor* idxs, double iou_threshold) {
   check_nms_args(op, boxes, scores, idxs);
-  c10::cuda::CUDAGuard guard(boxes.device());
+  gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   auto long_options = boxes.options().dtype(at::kLong);
   if (n == 0) return at::empty({0}, long_options);
@@ -135,21 +134,21 @@ at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& s
   auto num_kept = at::empty({1}, long_options);
   const bool shared = words * 8 <= kMaxSharedBytes;
   at::Tensor removed = shared ? at::Tensor() : at::empty({words}, long_options);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cuda", [&] {
     const dim3 grid(static_cast<unsigned>(words), static_cast<unsigned>(words));
-    nms_mask_kernel<scalar_t><<<grid, kBoxesPerWord, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(nms_mask_kernel<scalar_t>, grid, kBoxesPerWord, 0, stream,
         n, sorted_boxes.data_ptr<scalar_t>(),
         idxs != nullptr ? sorted_classes.data_ptr<int64_t>() : nullptr, iou_threshold, words,
         mask_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
-  nms_scan_kernel<<<1, kScanThreads, shared ? words * 8 : 0, stream>>>(
+  IDIP_LAUNCH_KERNEL(nms_scan_kernel, 1, kScanThreads, shared ? words * 8 : 0, stream,
       n, words, mask_ptr, order.data_ptr<int64_t>(), keep.data_ptr<int64_t>(),
       num_kept.data_ptr<int64_t>(),
       shared ? nullptr : reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  IDIP_KERNEL_LAUNCH_CHECK();
   const int64_t kept = num_kept.item<int64_t>();  // the one synchronisation: the output's size
   return keep.narrow(0, 0, kept);
 }
@@ -165,7 +164,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) {
+IDIP_CUDA_KERNELS(m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
 }

@@ -5,14 +5,17 @@
 //
 // float16/bfloat16 accumulate in float32; their backward scatters into float32 buffers with
 // native float atomics and converts once at the end.
+//
+// Batch indices: roi_align (one level) checks them on the host before launching, at the cost of
+// one synchronisation, and raises the CPU kernel's error; multilevel_roi_align, which must not
+// synchronise, checks them in the kernels with a device-side assert.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "compat.h"
 
 #include <algorithm>
 
@@ -43,7 +46,7 @@ __global__ void roi_align_forward_kernel(LevelTable<const T*> levels, int64_t ba
     const T* roi = rois + k * 5;
     const acc_t x1 = roi[1], y1 = roi[2], x2 = roi[3], y2 = roi[4];
     const int64_t b = static_cast<int64_t>(static_cast<acc_t>(roi[0]));
-    CUDA_KERNEL_ASSERT(b >= 0 && b < batch_size);
+    IDIP_KERNEL_ASSERT(b >= 0 && b < batch_size);
     const int level = roi_level_index(x1, y1, x2, y2, levels);
     const int64_t height = levels.height[level], width = levels.width[level];
     const RoiBins<acc_t> bins =
@@ -70,7 +73,8 @@ __global__ void roi_align_forward_kernel(LevelTable<const T*> levels, int64_t ba
 // One thread per incoming gradient element; scatters into the level's gradient with atomics.
 // `G` is the gradient buffer type: T for float32/float64, float for float16/bfloat16.
 template <typename T, typename G>
-__global__ void roi_align_backward_kernel(LevelTable<G*> levels, int64_t channels,
+__global__ void roi_align_backward_kernel(LevelTable<G*> levels, int64_t batch_size,
+                                          int64_t channels,
                                           const T* __restrict__ rois, int pooled_height,
                                           int pooled_width, int sampling_ratio, bool aligned,
                                           const T* __restrict__ grad, int64_t sk, int64_t sc,
@@ -85,6 +89,7 @@ __global__ void roi_align_backward_kernel(LevelTable<G*> levels, int64_t channel
     const T* roi = rois + k * 5;
     const acc_t x1 = roi[1], y1 = roi[2], x2 = roi[3], y2 = roi[4];
     const int64_t b = static_cast<int64_t>(static_cast<acc_t>(roi[0]));
+    IDIP_KERNEL_ASSERT(b >= 0 && b < batch_size);
     const int level = roi_level_index(x1, y1, x2, y2, levels);
     const int64_t height = levels.height[level], width = levels.width[level];
     const RoiBins<acc_t> bins =
@@ -111,22 +116,22 @@ at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Ten
                           const LevelTable<const void*>& table, int64_t pooled_height,
                           int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   const auto& f0 = features[0];
-  c10::cuda::CUDAGuard guard(f0.device());
+  gpu::DeviceGuard guard(f0.device());
   const int64_t batch = f0.size(0), channels = f0.size(1), num_rois = rois.size(0);
   auto r = rois.contiguous();
   auto out = at::empty({num_rois, channels, pooled_height, pooled_width}, f0.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "roi_align_cuda",
                                   [&] {
     std::vector<const scalar_t*> ptrs;
     for (const auto& f : features) ptrs.push_back(f.data_ptr<scalar_t>());
-    roi_align_forward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+    IDIP_LAUNCH_KERNEL(roi_align_forward_kernel<scalar_t>, num_blocks(total), kThreads, 0, stream,
         with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(),
         static_cast<int>(pooled_height), static_cast<int>(pooled_width),
         static_cast<int>(sampling_ratio), aligned, out.data_ptr<scalar_t>(), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    IDIP_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -134,7 +139,7 @@ at::Tensor forward_levels(const std::vector<at::Tensor>& features, const at::Ten
 std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor& rois,
                                         const LevelTable<const void*>& table, int64_t batch,
                                         int64_t channels, int64_t sampling_ratio, bool aligned) {
-  c10::cuda::CUDAGuard guard(grad.device());
+  gpu::DeviceGuard guard(grad.device());
   at::globalContext().alertNotDeterministic("idip::roi_align_backward (CUDA)");
   const bool reduced = grad.scalar_type() == at::kHalf || grad.scalar_type() == at::kBFloat16;
   auto buffer_options = reduced ? grad.options().dtype(at::kFloat) : grad.options();
@@ -146,7 +151,7 @@ std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor
   const int64_t total = grad.numel();
   if (total > 0) {
     auto r = rois.contiguous();
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto stream = gpu::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "roi_align_backward_cuda", [&] {
       using buffer_t = std::conditional_t<std::is_same_v<scalar_t, at::Half> ||
@@ -154,12 +159,12 @@ std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor
                                           float, scalar_t>;
       std::vector<buffer_t*> ptrs;
       for (auto& b : buffers) ptrs.push_back(b.data_ptr<buffer_t>());
-      roi_align_backward_kernel<scalar_t, buffer_t><<<num_blocks(total), kThreads, 0, stream>>>(
-          with_pointers(table, ptrs), channels, r.data_ptr<scalar_t>(),
+      IDIP_LAUNCH_KERNEL((roi_align_backward_kernel<scalar_t, buffer_t>), num_blocks(total), kThreads, 0, stream,
+          with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(),
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)),
           static_cast<int>(sampling_ratio), aligned, grad.data_ptr<scalar_t>(), grad.stride(0),
           grad.stride(1), grad.stride(2), grad.stride(3), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      IDIP_KERNEL_LAUNCH_CHECK();
     });
   }
   if (reduced) {
@@ -168,10 +173,22 @@ std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor
   return buffers;
 }
 
+// The CPU kernel's error for an RoI whose batch index is outside [0, batch_size) (or NaN).
+void check_batch_indices(const char* op, const at::Tensor& rois, int64_t batch_size) {
+  if (rois.size(0) == 0) return;
+  const auto bounds = at::aminmax(rois.select(1, 0));
+  const auto host = at::stack({std::get<0>(bounds), std::get<1>(bounds)}).to(at::kDouble).cpu();
+  const double lo = host[0].item<double>(), hi = host[1].item<double>();
+  TORCH_CHECK(lo >= 0 && hi < static_cast<double>(batch_size), op,
+              ": an RoI has batch index ", lo >= 0 ? hi : lo, " outside [0, ", batch_size, ")");
+}
+
 at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
                           int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
                           bool aligned) {
   check_roi_align_args(input, rois, pooled_height, pooled_width);
+  gpu::DeviceGuard guard(input.device());
+  check_batch_indices("roi_align", rois, input.size(0));
   return forward_levels({input.contiguous()}, rois,
                         single_level_table(input.size(2), input.size(3), spatial_scale),
                         pooled_height, pooled_width, sampling_ratio, aligned);
@@ -182,6 +199,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t sampling_ratio, bool aligned) {
   TORCH_CHECK(input_shape.size() == 4, "roi_align_backward: input_shape must be (N, C, H, W)");
   check_grad("roi_align_backward", grad, rois, input_shape[1]);
+  gpu::DeviceGuard guard(grad.device());
+  check_batch_indices("roi_align_backward", rois, input_shape[0]);
   return backward_levels(grad, rois,
                          single_level_table(input_shape[2], input_shape[3], spatial_scale),
                          input_shape[0], input_shape[1], sampling_ratio, aligned)[0];
@@ -210,7 +229,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(idip, CUDA, m) {
+IDIP_CUDA_KERNELS(m) {
   m.impl("roi_align", &roi_align_cuda);
   m.impl("roi_align_backward", &roi_align_backward_cuda);
   m.impl("multilevel_roi_align", &multilevel_roi_align_cuda);

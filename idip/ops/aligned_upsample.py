@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def aligned_upsample(x: Tensor, factor: int) -> Tensor:
@@ -29,19 +29,17 @@ def aligned_upsample(x: Tensor, factor: int) -> Tensor:
         raise ValueError(f"aligned_upsample: x must be [N, C, H, W], got {tuple(x.shape)}")
     if factor == 1:
         return x
-    return torch.ops.idip.aligned_upsample(x, int(factor))
+    return _extension.kernels().aligned_upsample(x, int(factor))
 
 
-@torch.library.register_fake("idip::aligned_upsample")
-def _(x, factor):
+def _fake_forward(x, factor):
     torch._check(x.dim() == 4, lambda: "aligned_upsample: x must be [N, C, H, W]")
     torch._check(factor >= 1, lambda: "aligned_upsample: factor must be >= 1")
     n, c, h, w = x.shape
     return x.new_empty((n, c, h * factor, w * factor))
 
 
-@torch.library.register_fake("idip::aligned_upsample_backward")
-def _(grad, factor, height, width):
+def _fake_backward(grad, factor, height, width):
     torch._check(grad.dim() == 4, lambda: "aligned_upsample_backward: grad must be 4-d")
     return grad.new_empty((grad.shape[0], grad.shape[1], height, width))
 
@@ -52,22 +50,28 @@ def _setup_context(ctx, inputs, output):
     ctx.size = (x.shape[2], x.shape[3])
 
 
-def _backward(ctx, grad):
-    return torch.ops.idip.aligned_upsample_backward(grad, ctx.factor, *ctx.size), None
-
-
-torch.library.register_autograd("idip::aligned_upsample", _backward, setup_context=_setup_context)
-
-
 # The backward is linear in grad and its adjoint is the forward, so double backward is exact.
 def _setup_backward_context(ctx, inputs, output):
     ctx.factor = inputs[1]
 
 
-def _backward_backward(ctx, grad_grad_in):
-    return torch.ops.idip.aligned_upsample(grad_grad_in, ctx.factor), None, None, None
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    library = getattr(torch.ops, namespace)
 
+    def backward(ctx, grad):
+        return library.aligned_upsample_backward(grad, ctx.factor, *ctx.size), None
 
-torch.library.register_autograd(
-    "idip::aligned_upsample_backward", _backward_backward, setup_context=_setup_backward_context
-)
+    def backward_backward(ctx, grad_grad_in):
+        return library.aligned_upsample(grad_grad_in, ctx.factor), None, None, None
+
+    torch.library.register_fake(f"{namespace}::aligned_upsample")(_fake_forward)
+    torch.library.register_fake(f"{namespace}::aligned_upsample_backward")(_fake_backward)
+    torch.library.register_autograd(
+        f"{namespace}::aligned_upsample", backward, setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        f"{namespace}::aligned_upsample_backward",
+        backward_backward,
+        setup_context=_setup_backward_context,
+    )

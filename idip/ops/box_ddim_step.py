@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def box_ddim_step(
@@ -48,13 +48,17 @@ def box_ddim_step(
         x_next: [B, N, 4] boxes at the next time (kept rows first, then the renewed ones).
         boxes_next: [B, N, 4] the same boxes in absolute xyxy.
     """
-    return torch.ops.idip.box_ddim_step(
+    return _extension.kernels().box_ddim_step(
         x_t, pred_boxes, image_size, alpha, alpha_next, eta, keep, noise, renew
     )
 
 
-@torch.library.register_fake("idip::box_ddim_step")
-def _(x_t, pred_boxes, image_size, alpha, alpha_next, eta, keep, noise, renew):
+def _fake_box_ddim_step(x_t, pred_boxes, image_size, alpha, alpha_next, eta, keep, noise, renew):
     torch._check(x_t.dim() == 3 and x_t.shape[2] == 4, lambda: "x_t must be [B, N, 4]")
     torch._check(keep.dtype == torch.bool, lambda: "keep must be bool")
     return torch.empty_like(x_t), torch.empty_like(x_t)
+
+
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::box_ddim_step")(_fake_box_ddim_step)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def box_q_sample(
@@ -28,10 +28,14 @@ def box_q_sample(
         x_t: [B, N, 4] noised boxes (normalised cxcywh in [-1, 1] units).
         boxes: [B, N, 4] absolute xyxy boxes.
     """
-    return torch.ops.idip.box_q_sample(x_start, noise, t, alphas_cumprod, image_size)
+    return _extension.kernels().box_q_sample(x_start, noise, t, alphas_cumprod, image_size)
 
 
-@torch.library.register_fake("idip::box_q_sample")
-def _(x_start, noise, t, alphas_cumprod, image_size):
+def _fake_box_q_sample(x_start, noise, t, alphas_cumprod, image_size):
     torch._check(x_start.dim() == 3 and x_start.shape[2] == 4, lambda: "x_start must be [B, N, 4]")
     return torch.empty_like(x_start), torch.empty_like(x_start)
+
+
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::box_q_sample")(_fake_box_q_sample)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def dynamic_mask_head_num_params(
@@ -76,13 +76,12 @@ def dynamic_mask_head(
                 f"channels, channels={channels}, num_layers={num_layers}, rel_coords={rel_coords}; "
                 f"got {tuple(params.shape)}"
             )
-    return torch.ops.idip.dynamic_mask_head(
+    return _extension.kernels().dynamic_mask_head(
         mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords
     )
 
 
-@torch.library.register_fake("idip::dynamic_mask_head")
-def _(mask_feats, params, im_inds, locations, soi, mask_stride, channels=8, num_layers=3, rel_coords=True):
+def _fake_forward(mask_feats, params, im_inds, locations, soi, mask_stride, channels=8, num_layers=3, rel_coords=True):
     torch._check(mask_feats.dim() == 4, lambda: "dynamic_mask_head: mask_feats must be [B, C, H, W]")
     expected = dynamic_mask_head_num_params(mask_feats.shape[1], channels, num_layers, rel_coords)
     torch._check(
@@ -92,8 +91,7 @@ def _(mask_feats, params, im_inds, locations, soi, mask_stride, channels=8, num_
     return mask_feats.new_empty((params.shape[0], 1, mask_feats.shape[2], mask_feats.shape[3]))
 
 
-@torch.library.register_fake("idip::dynamic_mask_head_backward")
-def _(grad, mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords):
+def _fake_backward(grad, mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords):
     return torch.empty_like(mask_feats), torch.empty_like(params)
 
 
@@ -103,12 +101,19 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (mask_stride, channels, num_layers, rel_coords)
 
 
-def _backward(ctx, grad):
-    mask_feats, params, im_inds, locations, soi = ctx.saved_tensors
-    grad_feats, grad_params = torch.ops.idip.dynamic_mask_head_backward(
-        grad, mask_feats, params, im_inds, locations, soi, *ctx.config
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    library = getattr(torch.ops, namespace)
+
+    def backward(ctx, grad):
+        mask_feats, params, im_inds, locations, soi = ctx.saved_tensors
+        grad_feats, grad_params = library.dynamic_mask_head_backward(
+            grad, mask_feats, params, im_inds, locations, soi, *ctx.config
+        )
+        return grad_feats, grad_params, None, None, None, None, None, None, None
+
+    torch.library.register_fake(f"{namespace}::dynamic_mask_head")(_fake_forward)
+    torch.library.register_fake(f"{namespace}::dynamic_mask_head_backward")(_fake_backward)
+    torch.library.register_autograd(
+        f"{namespace}::dynamic_mask_head", backward, setup_context=_setup_context
     )
-    return grad_feats, grad_params, None, None, None, None, None, None, None
-
-
-torch.library.register_autograd("idip::dynamic_mask_head", _backward, setup_context=_setup_context)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 from .roi_align import _pair
 
 
@@ -48,7 +48,7 @@ def multilevel_roi_align(
         raise ValueError(
             f"multilevel_roi_align: got {len(features)} feature maps but {len(scales)} scales"
         )
-    return torch.ops.idip.multilevel_roi_align(
+    return _extension.kernels().multilevel_roi_align(
         list(features),
         rois,
         ph,
@@ -61,8 +61,7 @@ def multilevel_roi_align(
     )
 
 
-@torch.library.register_fake("idip::multilevel_roi_align")
-def _(features, rois, pooled_height, pooled_width, scales, sampling_ratio, aligned,
+def _fake_forward(features, rois, pooled_height, pooled_width, scales, sampling_ratio, aligned,
       canonical_box_size, canonical_level):
     torch._check(len(features) > 0, lambda: "multilevel_roi_align: features must not be empty")
     torch._check(len(features) == len(scales), lambda: "multilevel_roi_align: one scale per level")
@@ -76,8 +75,7 @@ def _(features, rois, pooled_height, pooled_width, scales, sampling_ratio, align
     return f0.new_empty((rois.shape[0], f0.shape[1], pooled_height, pooled_width))
 
 
-@torch.library.register_fake("idip::multilevel_roi_align_backward")
-def _(grad, rois, batch_size, channels, heights, widths, scales, sampling_ratio, aligned,
+def _fake_backward(grad, rois, batch_size, channels, heights, widths, scales, sampling_ratio, aligned,
       canonical_box_size, canonical_level):
     return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
 
@@ -91,14 +89,19 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (scales, sampling_ratio, aligned, box_size, level)
 
 
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grads = torch.ops.idip.multilevel_roi_align_backward(
-        grad, rois, ctx.batch_size, ctx.channels, ctx.heights, ctx.widths, *ctx.args
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    library = getattr(torch.ops, namespace)
+
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        grads = library.multilevel_roi_align_backward(
+            grad, rois, ctx.batch_size, ctx.channels, ctx.heights, ctx.widths, *ctx.args
+        )
+        return list(grads), None, None, None, None, None, None, None, None
+
+    torch.library.register_fake(f"{namespace}::multilevel_roi_align")(_fake_forward)
+    torch.library.register_fake(f"{namespace}::multilevel_roi_align_backward")(_fake_backward)
+    torch.library.register_autograd(
+        f"{namespace}::multilevel_roi_align", backward, setup_context=_setup_context
     )
-    return list(grads), None, None, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "idip::multilevel_roi_align", _backward, setup_context=_setup_context
-)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -25,7 +25,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         [M] int64 indices into ``boxes`` of the kept boxes, by decreasing score.
     """
-    return torch.ops.idip.nms(boxes, scores, float(iou_threshold))
+    return _extension.kernels().nms(boxes, scores, float(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -40,7 +40,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Returns:
         [M] int64 indices of the kept boxes, by decreasing score.
     """
-    return torch.ops.idip.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    return _extension.kernels().batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 
 def _fake_nms(boxes, scores):
@@ -50,12 +50,16 @@ def _fake_nms(boxes, scores):
     return boxes.new_empty((kept,), dtype=torch.int64)
 
 
-@torch.library.register_fake("idip::nms")
-def _(boxes, scores, iou_threshold):
+def _fake_single_class(boxes, scores, iou_threshold):
     return _fake_nms(boxes, scores)
 
 
-@torch.library.register_fake("idip::batched_nms")
-def _(boxes, scores, idxs, iou_threshold):
+def _fake_batched(boxes, scores, idxs, iou_threshold):
     torch._check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], lambda: "batched_nms: idxs must be [K]")
     return _fake_nms(boxes, scores)
+
+
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::nms")(_fake_single_class)
+    torch.library.register_fake(f"{namespace}::batched_nms")(_fake_batched)

@@ -67,8 +67,8 @@ def roi_align(
     ph, pw = _pair(output_size)
     N, C, H, W = input.shape
     K = rois.shape[0]
-    if K == 0:
-        return input.new_zeros((0, C, ph, pw))
+    if K == 0 or H == 0 or W == 0:  # nothing to pool, or nothing to sample from
+        return input.new_zeros((K, C, ph, pw))
     rois = rois.detach()
     offset = 0.5 if aligned else 0.0
     start_w = rois[:, 1] * spatial_scale - offset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _extension  # noqa: F401  (loads idip._C)
+from . import _extension
 
 
 def _pair(output_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -44,13 +44,12 @@ def roi_align(
         [K, C, output_h, output_w] pooled features.
     """
     ph, pw = _pair(output_size)
-    return torch.ops.idip.roi_align(
+    return _extension.kernels().roi_align(
         input, rois, ph, pw, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )
 
 
-@torch.library.register_fake("idip::roi_align")
-def _(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
+def _fake_roi_align(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
     torch._check(input.dim() == 4, lambda: f"roi_align: input must be [N, C, H, W], got {input.shape}")
     torch._check(
         rois.dim() == 2 and rois.shape[1] == 5,
@@ -60,8 +59,7 @@ def _(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, a
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-@torch.library.register_fake("idip::roi_align_backward")
-def _(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned):
+def _fake_roi_align_backward(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned):
     torch._check(len(input_shape) == 4, lambda: "roi_align_backward: input_shape must be (N, C, H, W)")
     return grad.new_empty(tuple(input_shape))
 
@@ -75,12 +73,19 @@ def _setup_context(ctx, inputs, output):
     ctx.aligned = aligned
 
 
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.idip.roi_align_backward(
-        grad, rois, ctx.input_shape, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned
+@_extension.for_each_library
+def _register(namespace: str) -> None:
+    library = getattr(torch.ops, namespace)
+
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        grad_input = library.roi_align_backward(
+            grad, rois, ctx.input_shape, ctx.spatial_scale, ctx.sampling_ratio, ctx.aligned
+        )
+        return grad_input, None, None, None, None, None, None
+
+    torch.library.register_fake(f"{namespace}::roi_align")(_fake_roi_align)
+    torch.library.register_fake(f"{namespace}::roi_align_backward")(_fake_roi_align_backward)
+    torch.library.register_autograd(
+        f"{namespace}::roi_align", backward, setup_context=_setup_context
     )
-    return grad_input, None, None, None, None, None, None
-
-
-torch.library.register_autograd("idip::roi_align", _backward, setup_context=_setup_context)

@@ -6,7 +6,7 @@ import torch
 from idip.ops import roi_align
 from idip.ops import reference as ref
 
-from ..conftest import DEVICES
+from ..conftest import CUDA_DEVICES, OP_DEVICES, op_library
 
 try:
     import torchvision.ops as tv_ops
@@ -37,7 +37,7 @@ def make_inputs(N, C, H, W, K, scale, dtype, device, seed):
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
@@ -50,7 +50,7 @@ def test_matches_reference(device, dtype, aligned, sampling_ratio, output_size):
 
 
 @needs_torchvision
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 3])
@@ -75,7 +75,7 @@ def test_gradient_matches_torchvision(aligned):
     torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("aligned", [True, False])
 def test_gradient_matches_reference(device, aligned):
     x, rois = make_inputs(2, 3, 9, 14, 12, 0.5, torch.float64, device, seed=21)
@@ -88,17 +88,18 @@ def test_gradient_matches_reference(device, aligned):
     torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
-def test_gradcheck(aligned, sampling_ratio):
-    x, rois = make_inputs(2, 2, 6, 7, 5, 0.5, torch.float64, "cpu", seed=1)
+def test_gradcheck(device, aligned, sampling_ratio):
+    x, rois = make_inputs(2, 2, 6, 7, 5, 0.5, torch.float64, device, seed=1)
     x.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda inp: roi_align(inp, rois, (3, 2), 0.5, sampling_ratio, aligned), (x,)
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_empty_rois(device):
     x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
     rois = torch.zeros(0, 5, device=device)
@@ -108,7 +109,7 @@ def test_empty_rois(device):
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("aligned", [True, False])
 def test_degenerate_rois(device, aligned):
     """Zero-size, inverted, far-outside and border RoIs match torchvision and the reference."""
@@ -150,27 +151,68 @@ def test_bilinear_hand_value():
     torch.testing.assert_close(out, torch.tensor([[[[1.5]]]], dtype=torch.float64))
 
 
-def test_noncontiguous_input():
-    x, rois = make_inputs(2, 4, 9, 9, 10, 1.0, torch.float32, "cpu", seed=4)
-    out = roi_align(x.to(memory_format=torch.channels_last), rois, 4, 1.0, 2, True)
-    torch.testing.assert_close(out, roi_align(x, rois, 4, 1.0, 2, True))
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_noncontiguous_input(device):
+    """channels-last and sliced features, a strided view of the rois: the contiguous results."""
+    x, rois = make_inputs(2, 4, 9, 9, 10, 1.0, torch.float64, device, seed=4)
+    expected = ref.roi_align(x, rois, 4, 1.0, 2, True)
+    wide = torch.randn(2, 8, 9, 11, dtype=x.dtype, device=device)
+    wide[:, ::2, :, 1:10] = x
+    padded_rois = torch.zeros(10, 7, dtype=rois.dtype, device=device)
+    padded_rois[:, 1:6] = rois
+    for xi in (x.to(memory_format=torch.channels_last), wide[:, ::2, :, 1:10]):
+        for ri in (rois, padded_rois[:, 1:6]):
+            assert not (xi.is_contiguous() and ri.is_contiguous())
+            torch.testing.assert_close(roi_align(xi, ri, 4, 1.0, 2, True), expected,
+                                       **TOL[torch.float64])
 
 
-def test_rejects_bad_arguments():
-    x = torch.randn(1, 2, 5, 5)
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_strided_incoming_gradient(device):
+    """The backward reads a non-contiguous gradient by its strides: the same input gradient as
+    for its contiguous copy, checked by value against the reference."""
+    x, rois = make_inputs(2, 3, 9, 14, 12, 0.5, torch.float64, device, seed=23)
+    gen = torch.Generator().manual_seed(6)
+    g_t = torch.randn(3, 12, 5, 4, generator=gen, dtype=torch.float64).to(device)
+    g = g_t.permute(1, 0, 3, 2)  # [K, C, 4, 5], strides of neither layout
+    assert not g.is_contiguous()
+    grads = []
+    for fn, grad in ((roi_align, g), (ref.roi_align, g.contiguous())):
+        xi = x.clone().requires_grad_()
+        fn(xi, rois, (4, 5), 0.5, 2, True).backward(grad)
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_rejects_bad_arguments(device):
+    x = torch.randn(1, 2, 5, 5, device=device)
     with pytest.raises(RuntimeError, match="rois must be \\[K, 5\\]"):
-        roi_align(x, torch.zeros(3, 4), 2, 1.0)
+        roi_align(x, torch.zeros(3, 4, device=device), 2, 1.0)
     with pytest.raises(RuntimeError, match="input must be \\[N, C, H, W\\]"):
-        roi_align(x[0], torch.zeros(3, 5), 2, 1.0)
+        roi_align(x[0], torch.zeros(3, 5, device=device), 2, 1.0)
     with pytest.raises(RuntimeError, match="rois .* must have the dtype"):
-        roi_align(x, torch.zeros(3, 5, dtype=torch.float64), 2, 1.0)
-    with pytest.raises(RuntimeError, match="batch index 3"):
-        roi_align(x, torch.tensor([[3.0, 0, 0, 2, 2]]), 2, 1.0)
+        roi_align(x, torch.zeros(3, 5, dtype=torch.float64, device=device), 2, 1.0)
     with pytest.raises(RuntimeError, match="output_size must be positive"):
-        roi_align(x, torch.zeros(1, 5), (0, 2), 1.0)
+        roi_align(x, torch.zeros(1, 5, device=device), (0, 2), 1.0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("batch_index", [3.0, 1.0, -1.0, float("nan")])
+def test_rejects_batch_index_out_of_range(device, batch_index):
+    """A clean error on every device, forward and backward (on a GPU the index is checked before
+    the launch: a device-side assert would leave the CUDA context unusable)."""
+    x = torch.randn(1, 2, 5, 5, device=device)
+    rois = torch.tensor([[0.0, 0, 0, 2, 2], [batch_index, 1, 1, 3, 3]], device=device)
+    with pytest.raises(RuntimeError, match="batch index"):
+        roi_align(x, rois, 2, 1.0)
+    lib = op_library(device)
+    with pytest.raises(RuntimeError, match="batch index"):
+        lib.roi_align_backward(torch.ones(2, 2, 2, 2, device=device), rois, [1, 2, 5, 5], 1.0, 2,
+                               True)
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(device, dtype):
     """float16/bfloat16 on every device (CPU: pooled in float32; CUDA: fp32 accumulation)."""
@@ -190,20 +232,20 @@ def test_half_precision(device, dtype):
     torch.testing.assert_close(xh.grad.float(), x32.grad, rtol=3e-2, atol=3e-2)
 
 
-@pytest.mark.cuda
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_cuda_matches_cpu(device):
     x, rois = make_inputs(2, 16, 25, 38, 200, 1 / 16, torch.float32, "cpu", seed=9)
-    out_cpu = roi_align(x, rois, 7, 1 / 16, 2, True)
-    out_gpu = roi_align(x.cuda(), rois.cuda(), 7, 1 / 16, 2, True)
+    out_cpu = torch.ops.idip.roi_align(x, rois, 7, 7, 1 / 16, 2, True)  # the CPU kernel
+    out_gpu = roi_align(x.to(device), rois.to(device), 7, 1 / 16, 2, True)
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-5, atol=1e-5)
 
 
-def test_opcheck():
-    x, rois = make_inputs(2, 3, 8, 9, 6, 0.5, torch.float32, "cpu", seed=2)
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_opcheck(device):
+    lib = op_library(device)
+    x, rois = make_inputs(2, 3, 8, 9, 6, 0.5, torch.float32, device, seed=2)
     x.requires_grad_()
-    torch.library.opcheck(torch.ops.idip.roi_align.default, (x, rois, 3, 2, 0.5, 2, True))
-    torch.library.opcheck(torch.ops.idip.roi_align.default, (x, rois, 2, 2, 0.5, -1, False))
-    g = torch.randn(6, 3, 3, 2)
-    torch.library.opcheck(
-        torch.ops.idip.roi_align_backward.default, (g, rois, [2, 3, 8, 9], 0.5, 2, True)
-    )
+    torch.library.opcheck(lib.roi_align.default, (x, rois, 3, 2, 0.5, 2, True))
+    torch.library.opcheck(lib.roi_align.default, (x, rois, 2, 2, 0.5, -1, False))
+    g = torch.randn(6, 3, 3, 2, device=device)
+    torch.library.opcheck(lib.roi_align_backward.default, (g, rois, [2, 3, 8, 9], 0.5, 2, True))
