@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import shutil
 import sys
 
@@ -167,6 +168,10 @@ def _cuda_emulation_extension(cuda_sources: list[str], debug: bool):
         print(f"[idip]     {src}")
     cxx = ["-O0", "-g"] if debug else ["-O2"]
     cxx += ["-Wno-unknown-pragmas"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        # TLS descriptors: threadIdx & co. are thread_local, and the default dialect calls
+        # __tls_get_addr on every read (a tenth of the emulation's time).
+        cxx += ["-mtls-dialect=gnu2"]
     return cpp_extension.CppExtension(
         "idip._C_cuda_emu",
         sources,

@@ -12,6 +12,7 @@
 // per block; feature gradients are atomically added (in float) because instances of one image
 // share them. half/bfloat16 inputs are read as float and all arithmetic is float.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -321,6 +322,21 @@ void dispatch_width(int64_t channels, Fn&& fn) {
   }
 }
 
+// The parameters (and, backward, their gradients) of one instance live in dynamic shared memory:
+// past the 48 KiB every block gets, the kernel opts in, up to what the device allows.
+template <typename Kernel>
+void reserve_shared_memory(const char* op, Kernel kernel, size_t bytes, const Prepared& p) {
+  constexpr size_t kDefaultBytes = 48 * 1024;
+  if (bytes <= kDefaultBytes) return;
+  const size_t limit = gpu::max_optin_shared_bytes();
+  TORCH_CHECK(bytes <= limit, op, ": ", p.layout.num_params, " parameters per instance (",
+              p.feats.size(1), " mask channels, channels=", p.layout.channels, ", num_layers=",
+              p.layout.num_layers, ", ", p.feats.scalar_type(), ") need ", bytes,
+              " bytes of shared memory per block, more than the ", limit,
+              " this GPU allows; use fewer mask channels or a narrower network");
+  gpu::set_max_dynamic_shared(kernel, bytes);
+}
+
 dim3 head_grid(int64_t HW, int64_t N) {
   return dim3(static_cast<unsigned>((HW + kThreads - 1) / kThreads),
               static_cast<unsigned>(std::min<int64_t>(N, kMaxGridY)));
@@ -343,7 +359,11 @@ at::Tensor dynamic_mask_head_cuda(const at::Tensor& mask_feats, const at::Tensor
     const auto args = make_args<scalar_t>(p, mask_stride, rel_coords);
     const size_t smem = p.layout.num_params * sizeof(acc_t);
     dispatch_width(channels, [&](auto width) {
-      IDIP_LAUNCH_KERNEL((dynamic_mask_head_forward_kernel<scalar_t, decltype(width)::value>), head_grid(H * W, N), kThreads, smem, stream, args, logits.data_ptr<scalar_t>());
+      const auto forward_kernel =
+          dynamic_mask_head_forward_kernel<scalar_t, decltype(width)::value>;
+      reserve_shared_memory("dynamic_mask_head", forward_kernel, smem, p);
+      IDIP_LAUNCH_KERNEL(forward_kernel, head_grid(H * W, N), kThreads, smem, stream, args,
+                         logits.data_ptr<scalar_t>());
       IDIP_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -368,6 +388,9 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cuda(
   auto grad_feats = at::zeros(p.feats.sizes(), p.feats.options().dtype(acc));
   auto grad_params = at::zeros(p.params.sizes(), p.params.options().dtype(acc));
   if (N > 0 && H * W > 0) {
+    // Feature gradients are summed over the instances of an image, and parameter gradients over
+    // the blocks of an instance, with float atomics: the order of the sums varies run to run.
+    at::globalContext().alertNotDeterministic("idip::dynamic_mask_head_backward (CUDA)");
     auto g = grad.contiguous();
     const auto stream = gpu::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.feats.scalar_type(),
@@ -376,9 +399,12 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cuda(
       const auto args = make_args<scalar_t>(p, mask_stride, rel_coords);
       const size_t smem = 2 * p.layout.num_params * sizeof(acc_t);
       dispatch_width(channels, [&](auto width) {
-        IDIP_LAUNCH_KERNEL((dynamic_mask_head_backward_kernel<scalar_t, decltype(width)::value>), head_grid(H * W, N), kThreads, smem, stream,
-                args, g.data_ptr<scalar_t>(), grad_feats.data_ptr<acc_t>(),
-                grad_params.data_ptr<acc_t>());
+        const auto backward_kernel =
+            dynamic_mask_head_backward_kernel<scalar_t, decltype(width)::value>;
+        reserve_shared_memory("dynamic_mask_head_backward", backward_kernel, smem, p);
+        IDIP_LAUNCH_KERNEL(backward_kernel, head_grid(H * W, N), kThreads, smem, stream, args,
+                           g.data_ptr<scalar_t>(), grad_feats.data_ptr<acc_t>(),
+                           grad_params.data_ptr<acc_t>());
         IDIP_KERNEL_LAUNCH_CHECK();
       });
     });

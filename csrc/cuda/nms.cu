@@ -14,6 +14,8 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "compat.h"
 
 #include "nms.h"
@@ -24,8 +26,20 @@ namespace {
 constexpr int kBoxesPerWord = 64;
 constexpr int kScanThreads = 512;
 // Dynamic shared memory for the removed bits; with the kernel's static arrays it stays under the
-// 48 KiB a block gets without opting in.
+// 48 KiB a block gets without opting in. Past it (more than 360448 boxes) the bits live in global
+// memory. IDIP_NMS_MAX_SHARED_BYTES lowers the threshold so that tests reach that path with few
+// boxes (0: always global memory).
 constexpr int64_t kMaxSharedBytes = 44 * 1024;
+
+int64_t max_shared_bytes() {
+  const char* env = std::getenv("IDIP_NMS_MAX_SHARED_BYTES");
+  if (env == nullptr || *env == '\0') return kMaxSharedBytes;
+  char* end = nullptr;
+  const long long value = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && value >= 0, "IDIP_NMS_MAX_SHARED_BYTES must be a "
+              "non-negative integer, got '", env, "'");
+  return std::min<int64_t>(value, kMaxSharedBytes);
+}
 
 // Number of boxes in 64-box word `word` of n boxes.
 __device__ __forceinline__ int boxes_in_word(int64_t n, int64_t word) {
@@ -132,7 +146,7 @@ at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& s
   auto mask = at::empty({n * words}, long_options);
   auto keep = at::empty({n}, long_options);
   auto num_kept = at::empty({1}, long_options);
-  const bool shared = words * 8 <= kMaxSharedBytes;
+  const bool shared = words * 8 <= max_shared_bytes();
   at::Tensor removed = shared ? at::Tensor() : at::empty({words}, long_options);
   const auto stream = gpu::current_stream();
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());

@@ -35,8 +35,9 @@ namespace {
 
 // ---- Fiber context switch --------------------------------------------------------------------
 #if defined(__x86_64__)
-// Saves the callee-saved registers and the SSE/x87 control words on the current stack, stores
-// the stack pointer in *save_sp, switches to load_sp and restores from there (System V ABI).
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save_sp,
+// switches to load_sp and restores from there (System V ABI). The SSE/x87 control words are not
+// switched: fibers share their thread's floating-point environment (kernels do not change it).
 extern "C" void idip_emu_swap(void** save_sp, void* load_sp);
 // First code of a new fiber: calls entry(arg), which never returns (r13 = entry, r12 = arg).
 extern "C" void idip_emu_fiber_start();
@@ -52,14 +53,8 @@ idip_emu_swap:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -88,20 +83,16 @@ void switch_context(Context& from, Context& to) { idip_emu_swap(&from.sp, to.sp)
 void make_context(Context& ctx, unsigned char* stack, size_t size, void (*entry)(void*),
                   void* arg) {
   const uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
-  // Frame read by idip_emu_swap: control words, r15, r14, r13, r12, rbx, rbp, return address.
-  auto* sp = reinterpret_cast<uint64_t*>(top - 16 - 8 * 8);
-  uint32_t mxcsr = 0;
-  uint16_t fpucw = 0;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fpucw));
-  sp[0] = uint64_t(mxcsr) | (uint64_t(fpucw) << 32);
+  // Frame read by idip_emu_swap: r15, r14, r13, r12, rbx, rbp, return address; after its `ret`
+  // the stack pointer is 16-byte aligned, as the call in idip_emu_fiber_start needs.
+  auto* sp = reinterpret_cast<uint64_t*>(top - 16 - 7 * 8);
+  sp[0] = 0;
   sp[1] = 0;
-  sp[2] = 0;
-  sp[3] = reinterpret_cast<uint64_t>(entry);
-  sp[4] = reinterpret_cast<uint64_t>(arg);
+  sp[2] = reinterpret_cast<uint64_t>(entry);
+  sp[3] = reinterpret_cast<uint64_t>(arg);
+  sp[4] = 0;
   sp[5] = 0;
-  sp[6] = 0;
-  sp[7] = reinterpret_cast<uint64_t>(&idip_emu_fiber_start);
+  sp[6] = reinterpret_cast<uint64_t>(&idip_emu_fiber_start);
   ctx.sp = sp;
 }
 #else
@@ -179,6 +170,10 @@ std::string coords(const uint3& v) {
 }
 
 // ---- The block scheduler ---------------------------------------------------------------------
+class Scheduler;
+// The scheduler running a block on this thread.
+thread_local Scheduler* active_scheduler = nullptr;
+
 enum class State { kReady, kRunning, kWaitBlock, kWaitWarp, kDone };
 
 struct Fiber : ThreadView {
@@ -207,6 +202,7 @@ class Scheduler {
     call_ = call;
     errors_ = &errors;
     prepare(n, shared_bytes);
+    block_threads_ = n;
     current_block = BlockView{block_idx, block, grid, shared_.get()};
     for (int i = 0; i < n; ++i) {
       Fiber& f = fibers_[i];
@@ -229,16 +225,14 @@ class Scheduler {
     block_alive_ = n;
     block_arrived_ = 0;
     block_generation_ = 0;
-    int done = 0;
-    while (done < n) {
+    done_ = 0;
+    // Each pass resumes every fiber that can run; a fiber returns here when it waits at
+    // __syncthreads, when no other lane of its warp can run, or when it is done.
+    while (done_ < n) {
       bool progressed = false;
       for (int i = 0; i < n; ++i) {
         Fiber& f = fibers_[i];
-        if (f.state == State::kDone) continue;
-        if (f.state == State::kWaitBlock && f.wait_generation == block_generation_) continue;
-        if (f.state == State::kWaitWarp && f.wait_generation == warps_[f.warp].generation) {
-          continue;
-        }
+        if (!runnable(f)) continue;
         f.state = State::kRunning;
         running_ = &f;
         current_thread = &f;
@@ -246,7 +240,6 @@ class Scheduler {
         running_ = nullptr;
         current_thread = nullptr;
         progressed = true;
-        if (f.state == State::kDone) ++done;
       }
       if (!progressed) {
         report_deadlock(n);
@@ -255,15 +248,19 @@ class Scheduler {
     }
   }
 
-  void sync_block(const void* call_site) {
+  void sync_block(const char* file, int line) {
     Fiber* f = require_running("__syncthreads");
     if (block_arrived_ == 0) {
-      barrier_site_ = call_site;
-    } else if (call_site != barrier_site_ && !errors_->failed()) {
+      barrier_file_ = file;
+      barrier_line_ = line;
+    } else if ((line != barrier_line_ ||
+                (file != barrier_file_ && std::strcmp(file, barrier_file_) != 0)) &&
+               !errors_->failed()) {
       std::ostringstream s;
       s << "emulated CUDA: divergent __syncthreads in " << name_ << ", block "
         << coords(current_block.block_idx) << ": thread " << coords(f->thread_idx)
-        << " waits at another __syncthreads than the threads before it (undefined in CUDA)";
+        << " waits at the __syncthreads of line " << line << ", the threads before it at line "
+        << barrier_line_ << " (undefined in CUDA)";
       errors_->record(s.str());
     }
     if (++block_arrived_ == block_alive_) {
@@ -287,7 +284,14 @@ class Scheduler {
     } else {
       f->state = State::kWaitWarp;
       f->wait_generation = round;
-      yield(f);
+      // The warp's lanes run in turn, straight from one to the next, so that a warp goes
+      // through a sequence of shuffles without a detour through the scheduler's loop.
+      Fiber* next = next_runnable_lane(*f);
+      if (next != nullptr) {
+        hand_over(f, next);
+      } else {
+        yield(f);
+      }
     }
     *valid = w.valid[slot];
     return w.values[slot];
@@ -306,7 +310,7 @@ class Scheduler {
  private:
   static void fiber_main(void* arg) {
     auto* f = static_cast<Fiber*>(arg);
-    Scheduler& s = *instance_;
+    Scheduler& s = *active_scheduler;
     s.invoke_(s.call_);
     s.exit_fiber(f);
   }
@@ -316,10 +320,42 @@ class Scheduler {
     return running_;
   }
 
+  bool runnable(const Fiber& f) const {
+    switch (f.state) {
+      case State::kReady:
+        return true;
+      case State::kWaitBlock:
+        return f.wait_generation != block_generation_;
+      case State::kWaitWarp:
+        return f.wait_generation != warps_[f.warp].generation;
+      default:
+        return false;
+    }
+  }
+
+  // The next lane after f's (cyclically) of f's warp that can run, if any.
+  Fiber* next_runnable_lane(const Fiber& f) {
+    const int first = f.warp * kWarpSize;
+    const int size = std::min(kWarpSize, block_threads_ - first);
+    for (int k = 1; k < size; ++k) {
+      Fiber& other = fibers_[first + (f.lane + k) % size];
+      if (runnable(other)) return &other;
+    }
+    return nullptr;
+  }
+
+  void hand_over(Fiber* from, Fiber* to) {
+    to->state = State::kRunning;
+    running_ = to;
+    current_thread = to;
+    switch_context(from->ctx, to->ctx);
+  }
+
   void yield(Fiber* f) { switch_context(f->ctx, main_); }
 
   [[noreturn]] void exit_fiber(Fiber* f) {
     f->state = State::kDone;
+    ++done_;
     --block_alive_;
     if (block_arrived_ > 0 && block_arrived_ == block_alive_) release_block();
     Warp& w = warps_[f->warp];
@@ -356,7 +392,7 @@ class Scheduler {
   }
 
   void prepare(int n, size_t shared_bytes) {
-    instance_ = this;
+    active_scheduler = this;
     while (static_cast<int>(stacks_.size()) < n) stacks_.push_back(std::make_unique<Stack>());
     if (static_cast<int>(fibers_.size()) < n) fibers_.resize(n);
     const size_t num_warps = (n + kWarpSize - 1) / kWarpSize;
@@ -368,8 +404,6 @@ class Scheduler {
     std::memset(shared_.get(), 0xff, shared_bytes);
   }
 
-  static thread_local Scheduler* instance_;
-
   Context main_;
   std::vector<std::unique_ptr<Stack>> stacks_;
   std::vector<Fiber> fibers_;
@@ -377,7 +411,9 @@ class Scheduler {
   std::unique_ptr<unsigned char[]> shared_;
   size_t shared_capacity_ = 0;
   Fiber* running_ = nullptr;
-  const void* barrier_site_ = nullptr;
+  const char* barrier_file_ = "";
+  int barrier_line_ = 0;
+  int block_threads_ = 0, done_ = 0;
   int block_alive_ = 0, block_arrived_ = 0;
   uint64_t block_generation_ = 0;
   const char* name_ = "";
@@ -386,17 +422,15 @@ class Scheduler {
   LaunchErrors* errors_ = nullptr;
 };
 
-thread_local Scheduler* Scheduler::instance_ = nullptr;
-
 Scheduler& this_thread_scheduler() {
   thread_local Scheduler scheduler;
   return scheduler;
 }
 
 Scheduler& running_scheduler(const char* what) {
-  Scheduler& s = this_thread_scheduler();
-  TORCH_CHECK(current_thread != nullptr, "emulated CUDA: ", what, " outside a kernel");
-  return s;
+  TORCH_CHECK(active_scheduler != nullptr && current_thread != nullptr, "emulated CUDA: ", what,
+              " outside a kernel");
+  return *active_scheduler;
 }
 
 std::mutex attribute_mutex;
@@ -439,13 +473,13 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
       scheduler.run_block(name, idx, grid, block, shared_bytes, invoke, call, errors);
     }
     current_block = BlockView{};
+    active_scheduler = nullptr;
   });
   TORCH_CHECK(!errors.failed(), errors.first());
 }
 
-__attribute__((noinline)) void sync_block() {
-  // The caller's return address tells which __syncthreads of the kernel this is.
-  running_scheduler("__syncthreads").sync_block(__builtin_return_address(0));
+void sync_block(const char* file, int line) {
+  running_scheduler("__syncthreads").sync_block(file, line);
 }
 
 const uint64_t* warp_exchange(uint64_t value, const bool** valid) {

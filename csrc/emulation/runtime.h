@@ -62,8 +62,9 @@ extern thread_local BlockView current_block;
 void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
               void (*invoke)(void*), void* call);
 
-// The calling thread's block-wide barrier.
-void sync_block();
+// The calling thread's block-wide barrier, at source line `line` of `file` (which __syncthreads it
+// is: the compiler may duplicate the code of one, so return addresses would not tell).
+void sync_block(const char* file, int line);
 
 // Warp exchange: publishes `value` for the caller's lane, waits for every live lane of its warp,
 // and returns the published values of this round (`valid[l]` false for lanes that did not take
@@ -118,7 +119,7 @@ inline T* dynamic_shared() {
 constexpr int warpSize = ::idip::emu::kWarpSize;
 
 // A macro, not a function, so that the runtime sees which __syncthreads a thread waits at.
-#define __syncthreads() ::idip::emu::detail::sync_block()
+#define __syncthreads() ::idip::emu::detail::sync_block(__FILE__, __LINE__)
 
 namespace idip {
 namespace emu {

@@ -9,7 +9,7 @@ from idip.modeling.idip.diffusion import DiffusionSchedule
 from idip.ops import box_ddim_step
 from idip.ops import reference as ref
 
-from ..conftest import DEVICES
+from ..conftest import CUDA_DEVICES, OP_DEVICES, op_library
 
 SCHEDULE = DiffusionSchedule(1000)
 
@@ -51,7 +51,7 @@ def _call(fn, x_t, pred, size, keep, noise, renew, alpha, alpha_next, eta):
     return fn(x_t, pred, size, alpha, alpha_next, eta, keep, noise, renew)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B,N", [(1, 100), (4, 300), (16, 500), (1, 300), (16, 100)])
 def test_matches_reference_every_step(device, dtype, B, N):
@@ -97,7 +97,7 @@ def test_hand_computed_update_and_renewal_order():
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_final_step_with_alpha_next_one_returns_x0(device):
     gen = torch.Generator().manual_seed(3)
     x_t, pred, size, keep, noise, renew = _inputs(2, 64, torch.float64, device, gen, "all")
@@ -108,7 +108,7 @@ def test_final_step_with_alpha_next_one_returns_x0(device):
         torch.testing.assert_close(x_next, x0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_extreme_times_and_degenerate_boxes(device):
     ac = SCHEDULE.alphas_cumprod_host
     size = torch.tensor([[640.0, 480.0, 640.0, 480.0]], device=device).repeat(2, 1)
@@ -134,7 +134,7 @@ def test_extreme_times_and_degenerate_boxes(device):
             assert (boxes >= 0).all() and (boxes <= size[:, None]).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_empty_shapes(device):
     for B, N in [(0, 10), (3, 0)]:
         z = torch.zeros(B, N, 4, device=device)
@@ -143,7 +143,7 @@ def test_empty_shapes(device):
         assert x_next.shape == (B, N, 4) and boxes.shape == (B, N, 4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_non_contiguous_inputs(device):
     gen = torch.Generator().manual_seed(11)
     args = _inputs(3, 50, torch.float32, device, gen, "random")
@@ -159,11 +159,11 @@ def test_non_contiguous_inputs(device):
     torch.testing.assert_close(out[1], expected[1])
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", CUDA_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_matches_float32_reference(dtype):
+def test_cuda_half_matches_float32_reference(device, dtype):
     gen = torch.Generator().manual_seed(5)
-    args = _inputs(4, 300, torch.float32, "cuda", gen, "random")
+    args = _inputs(4, 300, torch.float32, device, gen, "random")
     low = [a.to(dtype) if a.is_floating_point() else a for a in args]
     x_next, boxes = _call(box_ddim_step, *low, 0.25, 0.6, 1.0)
     # the reference on the half-precision inputs, evaluated in float32
@@ -175,11 +175,11 @@ def test_cuda_half_matches_float32_reference(dtype):
     torch.testing.assert_close(boxes.float(), boxes_ref, rtol=tol, atol=tol * 1400)
 
 
-@pytest.mark.cuda
-def test_cuda_many_chunks_and_images():
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_cuda_many_chunks_and_images(device):
     # N spans several 256-row chunks and is not a multiple of 32; many images, mixed keep rates.
     gen = torch.Generator().manual_seed(9)
-    args = _inputs(40, 1100, torch.float64, "cuda", gen, "random")
+    args = _inputs(40, 1100, torch.float64, device, gen, "random")
     out = _call(box_ddim_step, *args, 0.1, 0.7, 1.0)
     expected = _call(ref.box_ddim_step, *args, 0.1, 0.7, 1.0)
     torch.testing.assert_close(out[0], expected[0])
@@ -223,16 +223,9 @@ def test_rejects_bad_arguments():
     call(alpha=0.6, alpha_next=0.3, eta=0.0)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_opcheck(device):
     gen = torch.Generator().manual_seed(0)
-    x_t, pred, size, keep, noise, renew = _inputs(3, 9, torch.float32, "cpu", gen, "random")
-    torch.library.opcheck(torch.ops.idip.box_ddim_step.default,
-                          (x_t, pred, size, 0.2, 0.5, 1.0, keep, noise, renew))
-
-
-@pytest.mark.cuda
-def test_opcheck_cuda():
-    gen = torch.Generator().manual_seed(0)
-    x_t, pred, size, keep, noise, renew = _inputs(3, 9, torch.float32, "cuda", gen, "random")
-    torch.library.opcheck(torch.ops.idip.box_ddim_step.default,
+    x_t, pred, size, keep, noise, renew = _inputs(3, 9, torch.float32, device, gen, "random")
+    torch.library.opcheck(op_library(device).box_ddim_step.default,
                           (x_t, pred, size, 0.2, 0.5, 1.0, keep, noise, renew))

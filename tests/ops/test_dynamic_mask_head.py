@@ -6,7 +6,7 @@ import torch
 from idip.ops import dynamic_mask_head, dynamic_mask_head_num_params
 from idip.ops import reference as ref
 
-from ..conftest import DEVICES
+from ..conftest import CUDA_DEVICES, EMULATED_CUDA, OP_DEVICES, op_library
 
 STRIDE = 8
 
@@ -51,7 +51,7 @@ def _check_against_reference(tensors, kwargs, dtype, gen):
         _assert_close_rel(a, b, rtol)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rel_coords", [True, False])
 @pytest.mark.parametrize("B,N,H,W", [(1, 1, 5, 7), (2, 37, 11, 15), (2, 500, 9, 13), (1, 0, 5, 7)])
@@ -61,13 +61,67 @@ def test_matches_reference(device, dtype, rel_coords, B, N, H, W):
     _check_against_reference(tensors, kwargs, dtype, gen)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("feat_channels,channels,num_layers", [(3, 4, 2), (8, 8, 1), (5, 16, 4), (8, 32, 3)])
 def test_other_widths_and_depths(device, feat_channels, channels, num_layers):
     gen = torch.Generator().manual_seed(feat_channels * 100 + channels * 10 + num_layers)
     tensors, kwargs = _inputs(2, 13, 7, 9, torch.float64, device, gen, feat_channels=feat_channels,
                               channels=channels, num_layers=num_layers)
     _check_against_reference(tensors, kwargs, torch.float64, gen)
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("H,W,channels", [(23, 31, 8), (23, 31, 16), (23, 31, 32), (64, 80, 8)])
+def test_many_pixels_and_instances(device, H, W, channels):
+    """H*W spans several 256-pixel blocks (3 and 20), 40 instances over 2 images: the
+    cross-block atomics into the parameter gradients and the shared feature gradients."""
+    gen = torch.Generator().manual_seed(H * W + channels)
+    dtype = torch.float64 if channels == 8 else torch.float32
+    tensors, kwargs = _inputs(2, 40, H, W, dtype, device, gen, channels=channels)
+    _check_against_reference(tensors, kwargs, dtype, gen)
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_backward_is_flagged_nondeterministic(device):
+    """The CUDA backward sums with float atomics: under use_deterministic_algorithms it raises,
+    as torch's own nondeterministic CUDA kernels do (and roi_align's backward)."""
+    gen = torch.Generator().manual_seed(4)
+    tensors, kwargs = _inputs(1, 3, 4, 5, torch.float32, device, gen)
+    feats, params = (t.requires_grad_(True) for t in tensors[:2])
+    out = dynamic_mask_head(feats, params, *tensors[2:], **kwargs)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="dynamic_mask_head_backward .CUDA. does not have a "
+                                               "deterministic implementation"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_parameters_beyond_48_kib_of_shared_memory(device):
+    """256 mask channels and width 32: 9377 parameters, whose float64 backward stages 150 KB in
+    shared memory, past the 48 KiB a block gets by default (the kernel opts in)."""
+    gen = torch.Generator().manual_seed(8)
+    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float64, device, gen, feat_channels=256,
+                              channels=32)
+    assert tensors[1].shape[1] == 9377
+    _check_against_reference(tensors, kwargs, torch.float64, gen)
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+def test_too_many_parameters_for_shared_memory(device):
+    """512 mask channels, width 32, float64: the backward would need 281 KB per block, more than
+    an sm_90 block can have (227 KiB): a clear error naming the sizes, not a failed launch."""
+    gen = torch.Generator().manual_seed(9)
+    tensors, kwargs = _inputs(1, 2, 3, 4, torch.float64, device, gen, feat_channels=512,
+                              channels=32)
+    feats, params = (t.requires_grad_(True) for t in tensors[:2])
+    out = dynamic_mask_head(feats, params, *tensors[2:], **kwargs)  # 140 KB: fits
+    with pytest.raises(RuntimeError, match=r"17569 parameters per instance \(512 mask channels, "
+                                           r"channels=32.*281104 bytes of shared memory"):
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("rel_coords", [True, False])
@@ -81,7 +135,7 @@ def test_gradcheck(rel_coords, feat_channels, channels, num_layers):
     assert torch.autograd.gradcheck(lambda f, p: dynamic_mask_head(f, p, *rest, **kwargs), (feats, params))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_no_instances(device):
     gen = torch.Generator().manual_seed(0)
     tensors, kwargs = _inputs(2, 0, 5, 7, torch.float32, device, gen)
@@ -108,7 +162,7 @@ def test_hand_computed_pixel():
     torch.testing.assert_close(out, torch.tensor([[[[6.5]]]]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 def test_rejects_bad_arguments(device):
     gen = torch.Generator().manual_seed(0)
     tensors, kwargs = _inputs(2, 3, 4, 5, torch.float32, device, gen)
@@ -116,22 +170,26 @@ def test_rejects_bad_arguments(device):
     with pytest.raises(ValueError, match=r"params must be \[N, 169\]"):
         dynamic_mask_head(feats, params[:, :150], im_inds, locations, soi, **kwargs)
     with pytest.raises(RuntimeError, match="params must have P = 169 columns"):
-        torch.ops.idip.dynamic_mask_head(feats, params[:, :150], im_inds, locations, soi, 8)
+        op_library(device).dynamic_mask_head(feats, params[:, :150], im_inds, locations, soi, 8)
     with pytest.raises(RuntimeError, match="soi must be"):
         dynamic_mask_head(feats, params, im_inds, locations, soi[:2], **kwargs)
     with pytest.raises(RuntimeError, match="params must have the dtype of mask_feats"):
         dynamic_mask_head(feats, params.double(), im_inds, locations, soi, **kwargs)
 
 
-def test_rejects_image_index_out_of_range():
+@pytest.mark.parametrize("device", ["cpu", EMULATED_CUDA])
+def test_rejects_image_index_out_of_range(device):
+    """CPU: a clean error naming the instance. CUDA checks im_inds with a device-side assert
+    (no host synchronisation; on a GPU the assert leaves the context unusable, so only the
+    emulated device runs it)."""
     gen = torch.Generator().manual_seed(0)
-    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float32, "cpu", gen)
+    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float32, device, gen)
     tensors[2] = torch.tensor([0, 2, 1])
-    with pytest.raises(RuntimeError, match=r"im_inds\[1\] = 2 is outside \[0, 2\)"):
+    with pytest.raises(RuntimeError, match=r"im_inds\[1\] = 2 is outside \[0, 2\)|b < a.B"):
         dynamic_mask_head(*tensors, **kwargs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", OP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(device, dtype):
     """float16/bfloat16 inputs (CUDA: float accumulation; CPU: computed in float32)."""
@@ -147,12 +205,14 @@ def test_half_precision(device, dtype):
         _assert_close_rel(a.float(), b, 2e-2 if dtype == torch.bfloat16 else 5e-3)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_opcheck(device):
+    lib = op_library(device)
     gen = torch.Generator().manual_seed(0)
-    tensors, kwargs = _inputs(2, 4, 3, 5, torch.float32, "cpu", gen)
+    tensors, kwargs = _inputs(2, 4, 3, 5, torch.float32, device, gen)
     tensors[0].requires_grad_(True)
     tensors[1].requires_grad_(True)
-    torch.library.opcheck(torch.ops.idip.dynamic_mask_head.default, tuple(tensors), kwargs)
-    grad = torch.randn(4, 1, 3, 5, generator=gen)
+    torch.library.opcheck(lib.dynamic_mask_head.default, tuple(tensors), kwargs)
+    grad = torch.randn(4, 1, 3, 5, generator=gen).to(device)
     args = (grad, *(t.detach() for t in tensors), STRIDE, 8, 3, True)
-    torch.library.opcheck(torch.ops.idip.dynamic_mask_head_backward.default, args)
+    torch.library.opcheck(lib.dynamic_mask_head_backward.default, args)

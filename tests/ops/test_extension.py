@@ -60,3 +60,22 @@ def test_missing_extension_names_rebuild_command(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(_extension.ExtensionError, match="could not be loaded.*pip install"):
         _extension._load()
+
+
+@pytest.mark.cuda_emu
+@pytest.mark.parametrize("name", REGISTERED_OPS)
+def test_emulated_library_has_every_op_with_the_same_schema(name):
+    """idip._C_cuda_emu registers every op of csrc/cuda for CPU tensors, schema for schema."""
+    ours = str(getattr(torch.ops.idip, name).default._schema)
+    emulated = str(getattr(torch.ops.idip_cuda_emu, name).default._schema)
+    assert ours.startswith(f"idip::{name}(")
+    assert emulated.replace("idip_cuda_emu::", "idip::", 1) == ours
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"idip_cuda_emu::{name}", "CPU")
+
+
+@pytest.mark.cuda_emu
+def test_cuda_emulation_switches_the_wrappers_and_restores_them():
+    assert _extension.kernels() is torch.ops.idip
+    with idip.ops.cuda_emulation():
+        assert _extension.kernels() is torch.ops.idip_cuda_emu
+    assert _extension.kernels() is torch.ops.idip
