@@ -61,11 +61,19 @@ _C.MODEL.IDIP.NUM_REG = 3  # hidden layers of the shared box regressor
 _C.MODEL.IDIP.POOLER_RESOLUTION = 7  # RoIAlign output side for the box head
 _C.MODEL.IDIP.SAMPLING_RATIO = 2  # RoIAlign samples per bin side for the box head
 _C.MODEL.IDIP.MASK_POOLER_RESOLUTION = 14  # RoIAlign output side for the mask head (masks are 2x)
-_C.MODEL.IDIP.MASK_SAMPLING_RATIO = 0  # RoIAlign samples per bin side for the mask head (0: adaptive)
+_C.MODEL.IDIP.MASK_SAMPLING_RATIO = 2  # RoIAlign samples per bin side for the mask head (0: adaptive; the authors' 2)
 _C.MODEL.IDIP.MASK_NUM_CONVS = 4  # 3x3 convs of the mask head
 _C.MODEL.IDIP.MASK_NORM = "BN"  # norm of the mask head convs: "BN" (authors'), "GN" or ""
+# BN statistics of the mask head per image in training (True: the authors, who run the head once
+# per image), or over all images' RoIs together (False)
+_C.MODEL.IDIP.MASK_NORM_PER_IMAGE = True
 _C.MODEL.IDIP.MASK_WITH_DYNAMIC = True  # DynamicConv on the mask RoI features
 _C.MODEL.IDIP.PRIOR_PROB = 0.01  # initial foreground probability of the classifier bias
+# Where that prior goes. True (the authors' reset_parameters): every parameter of the box and
+# mask heads whose last dimension equals NUM_CLASSES, i.e. the classifier's and the mask
+# predictor's biases (for COCO exactly those; with 4 classes also the box regressor's bias, which
+# then starts every box 100x too small). False: only those two biases.
+_C.MODEL.IDIP.PRIOR_INIT_BY_SHAPE = True
 _C.MODEL.IDIP.CLASS_WEIGHT = 2.0  # weight of the focal classification loss (and match cost)
 _C.MODEL.IDIP.L1_WEIGHT = 5.0  # weight of the L1 loss on normalised boxes (and match cost)
 _C.MODEL.IDIP.GIOU_WEIGHT = 2.0  # weight of the GIoU loss (and match cost)
@@ -82,6 +90,11 @@ _C.MODEL.IDIP.RENEWAL_THRESHOLD = 0.5  # score below which a box is renewed
 _C.MODEL.IDIP.NMS_THRESH = 0.5  # class-aware NMS IoU threshold at inference
 _C.MODEL.IDIP.SCORE_THRESH_TEST = 0.0  # detections must score above this (0: keep the top-k, as the authors)
 _C.MODEL.IDIP.MASK_THRESHOLD = 0.5  # probability threshold of pasted masks
+# At inference the mask head pools from the predicted boxes as they are (True, the authors':
+# detectron2's detector_postprocess clips them only afterwards), and the masks are pasted into
+# the boxes clipped to the image; False pools from the clipped boxes, so that the mask covers
+# exactly the region it is pasted into (no stretch for boxes that leave the image).
+_C.MODEL.IDIP.MASK_FROM_UNCLIPPED_BOXES = True
 
 # ------------------------------------------------------------------------------------------------
 # FCOS (the detector of CondInst); AdelaiDet's names and defaults
@@ -100,7 +113,9 @@ _C.MODEL.FCOS.NORM_REG_TARGETS = True  # regress (l,t,r,b) in units of the level
 _C.MODEL.FCOS.CENTERNESS_ON_REG = True  # centerness predicted from the box tower (else the cls tower)
 _C.MODEL.FCOS.CENTER_SAMPLE = True  # positives only near the object centre (radius POS_RADIUS strides)
 _C.MODEL.FCOS.POS_RADIUS = 1.5  # centre-sampling radius in strides
-_C.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = False  # centre = the mask's centre of mass (newer AdelaiDet) instead of the box centre
+# centre of the positive region: each GT mask's centre of mass (True: AdelaiDet's CondInst since
+# mid-2020) or the GT box centre (False: plain FCOS)
+_C.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = True
 _C.MODEL.FCOS.LOSS_ALPHA = 0.25  # focal loss alpha
 _C.MODEL.FCOS.LOSS_GAMMA = 2.0  # focal loss gamma
 _C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"  # box loss on (l,t,r,b); only "giou"

@@ -17,20 +17,23 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..modeling.backbone.norm import FrozenBatchNorm2d
 
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
+    nn.RMSNorm,
+    FrozenBatchNorm2d,
 )
 
 
 def is_norm_module(module: nn.Module) -> bool:
-    """True for torch's normalisation layers and any class whose name says it is one
-    (e.g. a FrozenBatchNorm2d or a custom LayerNorm)."""
-    name = type(module).__name__
-    return isinstance(module, _NORM_TYPES) or name.endswith("Norm") or "BatchNorm" in name
+    """True for normalisation layers: torch's, our FrozenBatchNorm2d, and other batch norms by
+    class name (e.g. detectron2's FrozenBatchNorm2d). A layer that merely holds a norm, such as
+    the FPN's ``Conv2dNorm``, is not one: its convolution weight gets ``WEIGHT_DECAY``."""
+    return isinstance(module, _NORM_TYPES) or "BatchNorm" in type(module).__name__
 
 
 def build_param_groups(cfg, model: nn.Module) -> list[dict]:

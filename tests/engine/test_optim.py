@@ -148,3 +148,30 @@ def test_value_clipping_and_disabled():
     p.grad = torch.tensor([-2.0, 0.25, 3.0])
     assert clip_gradients(cfg, [p]) is None
     assert p.grad.tolist() == [-2.0, 0.25, 3.0]
+
+
+@pytest.mark.parametrize("config", ["configs/shapes/CondInst_R18.yaml", "configs/shapes/IDIP_R18.yaml"])
+def test_weight_decay_of_every_parameter_of_the_built_models(config):
+    """Norm parameters are those owned by a normalisation layer, by module type: the FPN's
+    Conv2dNorm (a convolution that holds a norm) gets WEIGHT_DECAY for its own weight."""
+    from idip.modeling import build_model
+    from idip.modeling.backbone.fpn import Conv2dNorm
+    from idip.modeling.backbone.norm import FrozenBatchNorm2d as OurFrozenBN
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config)
+    cfg.SOLVER.WEIGHT_DECAY = 1e-4
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    model = build_model(cfg)
+    norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, OurFrozenBN)
+    expected = {}
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                key = f"{module_name}.{name}" if module_name else name
+                expected[key] = 0.0 if isinstance(module, norm_types) else 1e-4
+    got = {n: g["weight_decay"] for g in build_param_groups(cfg, model) for n in g["param_names"]}
+    assert got == expected
+    fpn_convs = [n for n, m in model.named_modules() if isinstance(m, Conv2dNorm)]
+    assert fpn_convs and all(got[f"{n}.weight"] == 1e-4 for n in fpn_convs)
+    assert any(v == 0.0 for v in got.values()) and any(v == 1e-4 for v in got.values())

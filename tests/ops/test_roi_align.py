@@ -249,3 +249,26 @@ def test_opcheck(device):
     torch.library.opcheck(lib.roi_align.default, (x, rois, 2, 2, 0.5, -1, False))
     g = torch.randn(6, 3, 3, 2, device=device)
     torch.library.opcheck(lib.roi_align_backward.default, (g, rois, [2, 3, 8, 9], 0.5, 2, True))
+
+
+@pytest.mark.parametrize("device", CUDA_DEVICES)
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_cuda_backward_is_flagged_nondeterministic(device, warn_only):
+    """The CUDA backward scatters with float atomics: use_deterministic_algorithms raises (or
+    warns, with warn_only), as for torch's own nondeterministic kernels."""
+    x, rois = make_inputs(1, 2, 6, 6, 4, 1.0, torch.float32, device, seed=0)
+    x.requires_grad_()
+    out = roi_align(x, rois, 2, 1.0, 2, True)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        if warn_only:
+            with pytest.warns(UserWarning, match="roi_align_backward .CUDA. does not have a "
+                                                 "deterministic implementation"):
+                out.sum().backward()
+        else:
+            with pytest.raises(RuntimeError, match="roi_align_backward .CUDA. does not have a "
+                                                   "deterministic implementation"):
+                out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)

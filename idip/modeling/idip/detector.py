@@ -12,7 +12,7 @@ from ..build import register_meta_arch
 from ..mask_paste import paste_masks_in_image
 from ..poolers import select_ops
 from .diffusion import DDIMSampler, DiffusionSchedule, prepare_diffusion_targets
-from .head import IDIPHead
+from .head import IDIPHead, init_prior_bias
 from .loss import IDIPCriterion
 from .mask_head import MaskHead
 from .matcher import SimOTAMatcher
@@ -95,7 +95,10 @@ class IDIP(nn.Module):
             num_convs=c.MASK_NUM_CONVS,
             with_dynamic=c.MASK_WITH_DYNAMIC,
             norm=c.MASK_NORM,
+            norm_per_image=c.MASK_NORM_PER_IMAGE,
         )
+        init_prior_bias([self.head, self.mask_head], self.num_classes, c.PRIOR_PROB,
+                        by_shape=c.PRIOR_INIT_BY_SHAPE)
         matcher = SimOTAMatcher(
             cls_weight=c.CLASS_WEIGHT,
             l1_weight=c.L1_WEIGHT,
@@ -124,6 +127,7 @@ class IDIP(nn.Module):
         self.nms_thresh = c.NMS_THRESH
         self.score_thresh = c.SCORE_THRESH_TEST
         self.mask_threshold = c.MASK_THRESHOLD
+        self.mask_from_unclipped_boxes = c.MASK_FROM_UNCLIPPED_BOXES
         self.test_seed = cfg.TEST.SEED
         self.detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
 
@@ -260,19 +264,24 @@ class IDIP(nn.Module):
             labels = idx % c
             keep = self.ops.batched_nms(boxes[i, prop].float(), scores, labels, self.nms_thresh)
             keep = keep[: self.detections_per_image]
-            # Clipped after NMS, as detectron2's detector_postprocess does in the authors' code.
-            bx = clip_boxes(boxes[i, prop[keep]], h, w)
-            kept.append((bx, scores[keep], labels[keep], feats[i, prop[keep]]))
+            raw = boxes[i, prop[keep]]
+            # After NMS, as detectron2's detector_postprocess in the authors' code: clip to the
+            # image, then drop the boxes left without width or height.
+            bx = clip_boxes(raw, h, w)
+            nonempty = (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])
+            keep = keep[nonempty]
+            mask_boxes = raw[nonempty] if self.mask_from_unclipped_boxes else bx[nonempty]
+            kept.append((bx[nonempty], scores[keep], labels[keep], feats[i, prop[keep]], mask_boxes))
 
         rois = torch.cat(
-            [torch.cat([torch.full_like(k_[0][:, :1], float(i)), k_[0]], dim=1) for i, k_ in enumerate(kept)]
+            [torch.cat([torch.full_like(k_[4][:, :1], float(i)), k_[4]], dim=1) for i, k_ in enumerate(kept)]
         )
         all_feats = torch.cat([k_[3] for k_ in kept])
         mask_probs = self.mask_head(features, rois, all_feats).sigmoid() if rois.shape[0] else None
 
         results = []
         start = 0
-        for i, (bx, scores, labels, _) in enumerate(kept):
+        for i, (bx, scores, labels, _, _) in enumerate(kept):
             num = bx.shape[0]
             h, w = sizes[i]
             out_h = int(batch[i].get("height", h))

@@ -170,6 +170,32 @@ class BoxHead(nn.Module):
         return self.class_logits(self.cls_layers(x)), self.box_deltas(self.reg_layers(x))
 
 
+def prior_bias(prior_prob: float) -> float:
+    """The logit whose sigmoid is ``prior_prob`` (-4.595 for 0.01)."""
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
+def init_prior_bias(modules: list[nn.Module], num_classes: int, prior_prob: float,
+                    by_shape: bool) -> None:
+    """Sets the focal-loss prior in the class outputs of IDIP's box and mask heads.
+
+    ``by_shape`` is the authors' rule: every parameter whose last dimension is ``num_classes``
+    (the classifier's and the mask predictor's biases, and any other parameter that happens to
+    have that size); otherwise exactly the biases of the modules' class outputs (``class_logits``
+    of the box head, ``predictor`` of the mask head).
+    """
+    value = prior_bias(prior_prob)
+    for module in modules:
+        if by_shape:
+            for p in module.parameters():
+                if p.dim() > 0 and p.shape[-1] == num_classes:
+                    nn.init.constant_(p, value)
+        else:
+            for name, sub in module.named_modules():
+                if name.endswith(("class_logits", "predictor")) and sub.bias is not None:
+                    nn.init.constant_(sub.bias, value)
+
+
 class IDIPHead(nn.Module):
     """The multi-stage denoising head.
 
@@ -213,12 +239,9 @@ class IDIPHead(nn.Module):
         )
         self.time_encoders = nn.ModuleList(TimeEncoder(dim) for _ in range(num_stages))
         self.box_head = BoxHead(dim, num_classes, num_cls_layers, num_reg_layers)
-        self._reset_parameters(prior_prob)
-
-    def _reset_parameters(self, prior_prob: float) -> None:
-        # The authors keep PyTorch's default initialisation and only set the classifier's bias to
-        # the focal-loss prior (DiffusionDet additionally applies xavier to every matrix).
-        nn.init.constant_(self.box_head.class_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        # The authors keep PyTorch's default initialisation (DiffusionDet applies xavier to every
+        # matrix) apart from the focal-loss prior: see init_prior_bias.
+        nn.init.constant_(self.box_head.class_logits.bias, prior_bias(prior_prob))
 
     def forward(self, features: list[Tensor], boxes: Tensor, t: Tensor) -> list[dict[str, Tensor]]:
         """Runs every stage from the (noisy) input boxes.

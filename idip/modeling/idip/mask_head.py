@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..poolers import MultiLevelRoIPooler
+from ..segmented_batch_norm import SegmentedBatchNorm2d
 from .head import DynamicConv
 
 
@@ -26,6 +27,8 @@ class MaskHead(nn.Module):
         num_convs: 3x3 conv layers.
         with_dynamic: apply the DynamicConv (the authors' default: True).
         norm: "BN" (the authors'), "GN" or "" for the conv layers.
+        norm_per_image: with "BN", training statistics per image (the authors run the head once
+            per image), over the batched RoIs (SegmentedBatchNorm2d); False: over all RoIs.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class MaskHead(nn.Module):
         num_convs: int = 4,
         with_dynamic: bool = True,
         norm: str = "BN",
+        norm_per_image: bool = True,
     ):
         super().__init__()
         self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, ops)
@@ -48,7 +52,7 @@ class MaskHead(nn.Module):
         for _ in range(num_convs):
             layers.append(nn.Conv2d(dim, dim, 3, padding=1, bias=not norm))
             if norm == "BN":
-                layers.append(nn.BatchNorm2d(dim))
+                layers.append(SegmentedBatchNorm2d(dim) if norm_per_image else nn.BatchNorm2d(dim))
             elif norm == "GN":
                 layers.append(nn.GroupNorm(32, dim))
             elif norm:
@@ -80,5 +84,12 @@ class MaskHead(nn.Module):
             return roi_feat.new_zeros((0, self.predictor.out_channels, s2, s2)) + 0 * sum(
                 p.sum() for p in self.parameters()
             )
-        x = self.relu(self.upsample(self.convs(roi_feat)))
+        x = roi_feat
+        images = rois[:, 0].long()
+        for layer in self.convs:
+            if isinstance(layer, SegmentedBatchNorm2d):
+                x = layer(x, images, features[0].shape[0])
+            else:
+                x = layer(x)
+        x = self.relu(self.upsample(x))
         return self.predictor(x)
