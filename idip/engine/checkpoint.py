@@ -23,6 +23,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..modeling.authors_checkpoints import (
+    Conversion,
+    check_settings,
+    convert_authors_checkpoint,
+    unwrap_state_dict,
+)
+
 CHECKPOINT_FORMAT = "idip-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
 _PERIODIC_NAME = re.compile(r"^model_(\d{7})\.pth$")
@@ -142,23 +149,40 @@ def load_model_state_strict(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, strict=True)
 
 
-def load_weights(model: nn.Module, path: str, meta_architecture: str) -> str:
-    """Loads ``MODEL.WEIGHTS``: a full IDIP checkpoint (model only) or backbone-only weights.
+def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) -> str:
+    """Loads ``MODEL.WEIGHTS``: a full checkpoint of ours (model only), an authors' released
+    checkpoint (AdelaiDet CondInst, IDIP authors: converted on load), or backbone-only weights.
 
     Args:
         model: the (possibly DDP-wrapped) model.
-        path: a checkpoint written by this engine, a torchvision ResNet .pth, or a detectron2 .pkl.
+        path: a checkpoint written by this engine (or tools/convert_weights.py), an authors'
+            checkpoint, a torchvision ResNet .pth, or a detectron2 .pkl.
         meta_architecture: ``MODEL.META_ARCHITECTURE`` of the run, checked against the checkpoint.
+        cfg: the run's config, checked against the settings an authors' checkpoint needs.
 
     Returns:
-        A one-paragraph report of what was loaded (and skipped, for backbone weights).
+        A one-paragraph report of what was loaded (and converted or skipped).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
     data = None
     if not path.endswith(".pkl"):
         data = read_checkpoint(path)
+        authors_state = unwrap_state_dict(data)
+        if authors_state is not None:
+            conversion = convert_authors_checkpoint(authors_state)
+            if conversion.unmapped:
+                raise CheckpointError(
+                    f"{path} looks like an {conversion.format} checkpoint but has keys no "
+                    f"conversion rule knows: {_list(conversion.unmapped)}"
+                )
+            if cfg is not None:
+                check_settings(conversion, cfg, path)
+            load_model_state_strict(model, conversion.state, path)
+            return f"converted and loaded {path}: {conversion.summary()}"
         if is_full_checkpoint(data):
+            if cfg is not None and data.get("required_settings"):
+                _check_required_settings(data, cfg, path)
             stored = data.get("meta_architecture")
             if stored != meta_architecture:
                 raise CheckpointError(
@@ -185,6 +209,14 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str) -> str:
             raise CheckpointError(str(err)) from None
         raise
     return f"loaded backbone weights from {path}: {report}"
+
+
+def _check_required_settings(data: dict, cfg, path: str) -> None:
+    """A converted authors' checkpoint records the settings its weights need: check them."""
+    conversion = Conversion(format=str(data.get("converted_from", "converted")),
+                            meta_architecture=str(data.get("meta_architecture")),
+                            settings=dict(data["required_settings"]))
+    check_settings(conversion, cfg, path)
 
 
 # ---------------------------------------------------------------------------------------------

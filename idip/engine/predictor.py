@@ -30,7 +30,7 @@ class Predictor:
         self.cfg = cfg
         self.resize = ResizeFlipAugmentation.from_config(cfg, is_train=False)
         self.model = build_model(cfg)
-        logger.info(load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE))
+        logger.info(load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg))
         self.model.eval()
         torch.manual_seed(cfg.TEST.SEED)
 

@@ -121,7 +121,7 @@ class Trainer:
             self._restore_rng(data.get("rng_states") or [])
             logger.info("resumed from %s: continuing at iteration %d", resume_path, self.start_iter)
         elif cfg.MODEL.WEIGHTS:
-            logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE))
+            logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg))
 
         self.model = self._wrap_ddp(model, cfg)
         self.max_iter = int(cfg.SOLVER.MAX_ITER)

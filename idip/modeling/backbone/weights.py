@@ -159,7 +159,7 @@ def _caffe2_to_detectron2(name: str) -> str | None:
     return None
 
 
-def _detectron2_to_torchvision(name: str) -> str | None:
+def detectron2_to_torchvision_name(name: str) -> str | None:
     """detectron2 ResNet name -> torchvision name; None for names with no counterpart (fc)."""
     if m := re.fullmatch(r"stem\.conv1\.(weight|bias)", name):
         return f"conv1.{m[1]}"
@@ -402,7 +402,7 @@ def load_backbone_weights(
             name = _caffe2_to_detectron2(name)
         if name is not None and scheme in ("caffe2", "detectron2"):
             detectron2_names.append(name)
-            name = _detectron2_to_torchvision(name)
+            name = detectron2_to_torchvision_name(name)
         if name is None:
             report.unexpected.append(key)
         else:
