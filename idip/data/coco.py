@@ -18,11 +18,13 @@ import json
 import logging
 import math
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_util
+
+from .segmentation import clean_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -89,23 +91,6 @@ def read_categories(json_file: str) -> Categories:
     )
 
 
-def _valid_segmentation(segmentation):
-    """Returns the usable form of a segmentation, or None when it has no usable area."""
-    if isinstance(segmentation, list):
-        polygons = [
-            [float(v) for v in poly]
-            for poly in segmentation
-            if isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0
-        ]
-        return polygons or None
-    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        size = segmentation["size"]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2):
-            return None
-        return segmentation
-    return None
-
-
 def load_coco_json(
     json_file: str, image_root: str, dataset_name: str = ""
 ) -> tuple[list[dict], Categories]:
@@ -157,6 +142,7 @@ def load_coco_json(
         }
 
     dropped: Counter = Counter()
+    dropped_ids: dict[str, list] = defaultdict(list)  # reason -> annotation ids (named in the log)
     for ann in data.get("annotations", []):
         record = records.get(int(ann.get("image_id", -1)))
         if record is None:
@@ -182,9 +168,10 @@ def load_coco_json(
         if x2 <= x1 or y2 <= y1:
             dropped["box outside the image"] += 1
             continue
-        segmentation = _valid_segmentation(ann.get("segmentation"))
+        segmentation, why = clean_segmentation(ann.get("segmentation"), record["height"], record["width"])
         if segmentation is None and not iscrowd:
-            dropped["missing or empty segmentation"] += 1
+            dropped[why] += 1
+            dropped_ids[why].append(ann.get("id"))
             continue
         record["annotations"].append(
             {
@@ -196,9 +183,16 @@ def load_coco_json(
         )
     name = dataset_name or json_file
     for reason, count in sorted(dropped.items()):
-        logger.warning("%s: dropped %d annotations (%s)", name, count, reason)
+        ids = dropped_ids.get(reason)
+        named = f": annotation ids {_abbreviate(ids)}" if ids else ""
+        logger.warning("%s: dropped %d annotations (%s)%s", name, count, reason, named)
     logger.info("%s: loaded %d images from '%s'", name, len(records), json_file)
     return list(records.values()), categories
+
+
+def _abbreviate(values: list, limit: int = 10) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values) - limit} more)" if len(values) > limit else "")
 
 
 def has_usable_annotation(record: dict) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..engine.distributed import all_gather, is_main_process, synchronize
+from .ground_truth import load_ground_truth
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class COCOEvaluator:
         if contiguous_to_category_id is not None:
             self._contiguous_to_category_id = [int(c) for c in contiguous_to_category_id]
         self._class_names: list[str] | None = None
-        self._coco_gt = None
+        self._coco_gt = None  # {"bbox": COCO, "segm": COCO} (see ground_truth.py)
         self._predictions: list[dict[str, Any]] = []
 
     # -- metadata, resolved lazily so that building an evaluator costs nothing ------------------
@@ -103,23 +104,20 @@ class COCOEvaluator:
 
     def _read_categories(self) -> list[dict]:
         if self._coco_gt is not None:
-            return list(self._coco_gt.cats.values())
+            return list(self._coco_gt["bbox"].cats.values())
         try:
             with open(self.json_file) as f:
                 return json.load(f)["categories"]
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"cannot read the categories of '{self.json_file}': {e}") from None
 
-    def _load_gt(self):
+    def _load_gt(self, task: str = "bbox"):
+        """pycocotools' COCO of the ground truth for ``task``, cleaned (see ground_truth.py)."""
         if self._coco_gt is None:
-            _, COCO, _ = _pycocotools()
-            if not os.path.isfile(self.json_file):
-                raise FileNotFoundError(f"COCO ground-truth file '{self.json_file}' does not exist")
-            with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints load timings
-                coco_gt = COCO(self.json_file)
-            _fill_missing_areas(coco_gt)
-            self._coco_gt = coco_gt
-        return self._coco_gt
+            _pycocotools()  # a clear error when pycocotools is missing
+            bbox_gt, segm_gt = load_ground_truth(self.json_file)
+            self._coco_gt = {"bbox": bbox_gt, "segm": segm_gt}
+        return self._coco_gt[task]
 
     # -- accumulation ---------------------------------------------------------------------------
 
@@ -201,7 +199,7 @@ class COCOEvaluator:
 
     def _evaluate_task(self, task: str, results: list[dict], image_ids: list[int]) -> dict:
         _, _, COCOeval = _pycocotools()
-        coco_gt = self._load_gt()
+        coco_gt = self._load_gt(task)
         class_names = self._class_name_list()
         if not results:
             # pycocotools' loadRes cannot take an empty list.
@@ -244,26 +242,6 @@ class COCOEvaluator:
                 metrics[f"AP-{name}"] = float(values.mean() * 100) if values.size else math.nan
         _log_table(task, metrics)
         return metrics
-
-
-def _fill_missing_areas(coco_gt) -> None:
-    """Gives every ground-truth annotation without an "area" (allowed by many COCO-format
-    exporters, required by COCOeval's area ranges) the area of its mask, else of its box."""
-    missing = [ann for ann in coco_gt.dataset.get("annotations", []) if "area" not in ann]
-    if not missing:
-        return
-    mask_util, _, _ = _pycocotools()
-    for ann in missing:
-        area = 0.0
-        if ann.get("segmentation") and ann.get("image_id") in coco_gt.imgs:
-            try:
-                area = float(mask_util.area(coco_gt.annToRLE(ann)))
-            except (TypeError, ValueError, KeyError, IndexError):
-                area = 0.0
-        if area <= 0 and isinstance(ann.get("bbox"), (list, tuple)) and len(ann["bbox"]) == 4:
-            area = max(float(ann["bbox"][2]), 0.0) * max(float(ann["bbox"][3]), 0.0)
-        ann["area"] = area  # the same dict objects are indexed by coco_gt.anns
-    logger.info("COCOEvaluator: computed 'area' of %d ground-truth annotations without one", len(missing))
 
 
 def _to_coco_results(image_id: int, output: dict, sample: dict, mapping: list[int]) -> list[dict]:
