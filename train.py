@@ -6,7 +6,8 @@
 
 Checkpoints, log.txt, metrics.json, tensorboard events and config.yaml go to OUTPUT_DIR.
 ``--resume`` continues from OUTPUT_DIR/last_checkpoint; workers restarted by torchrun
-(``--max-restarts``) always do.
+(``--max-restarts``) always do. An OUTPUT_DIR that holds a previous run is refused without
+``--resume`` or ``--start-over``, and one in use by another run is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from idip.config import setup_cfg
+from idip.config import ConfigError, setup_cfg
 from idip.engine.cli import add_config_arguments, run_cli
 from idip.engine.trainer import Trainer
 
@@ -25,18 +26,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint when it exists"
     )
+    parser.add_argument(
+        "--start-over", action="store_true",
+        help="train from scratch in an OUTPUT_DIR that holds a previous run (its files are moved "
+             "to OUTPUT_DIR/replaced_run_<time>/); without it, such a folder is refused",
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    if "--resume" in args.opts:  # given after the overrides, where argparse leaves it in opts
-        args.opts.remove("--resume")
-        args.resume = True
+    for flag, attr in (("--resume", "resume"), ("--start-over", "start_over")):
+        if flag in args.opts:  # given after the overrides, where argparse leaves it in opts
+            args.opts.remove(flag)
+            setattr(args, attr, True)
     return args
 
 
 def main(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> int:
     args = parse_args(argv)
+    if args.resume and args.start_over:
+        raise ConfigError("--resume and --start-over exclude each other")
     cfg = setup_cfg(args.config_file or None, args.opts)
-    trainer = trainer_cls(cfg, resume=args.resume)
+    trainer = trainer_cls(cfg, resume=args.resume, start_over=args.start_over)
     trainer.train()
     return 0
 

@@ -14,6 +14,7 @@ A checkpoint is a dict loadable with ``torch.load(weights_only=True)``::
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -211,6 +212,43 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) 
     return f"loaded backbone weights from {path}: {report}"
 
 
+def _non_finite(tensors: dict, prefix: str) -> list[str]:
+    bad = []
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"{prefix}{key}")
+        elif isinstance(value, dict):
+            bad += _non_finite(value, f"{prefix}{key}.")
+        elif isinstance(value, (list, tuple)):
+            bad += _non_finite(dict(enumerate(value)), f"{prefix}{key}.")
+    return bad
+
+
+def check_finite_state(state: dict, iteration: int, last: str | None) -> None:
+    """Refuses to checkpoint non-finite weights or optimizer state: a checkpoint is what a run
+    resumes from, and resuming from non-finite weights stops again at once."""
+    bad = _non_finite(state.get("model") or {}, "") + _non_finite(
+        (state.get("optimizer") or {}).get("state") or {}, "optimizer state ")
+    if bad:
+        raise FloatingPointError(
+            f"after iteration {iteration} {len(bad)} tensors are not finite (e.g. {_list(bad, 3)}): "
+            "checkpoint not written; the optimizer step diverged (lower SOLVER.BASE_LR or enable "
+            "SOLVER.CLIP_GRADIENTS)" + (f"; last good checkpoint: {last}" if last else "")
+        )
+
+
+def _write_failure(path: str, err: BaseException, last: str | None) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    elif isinstance(err, OSError):
+        reason = err.strerror or str(err)
+    else:  # torch's zip writer reports a short write as "unexpected pos ..."
+        reason = "the write failed (is the disk full?)"
+    kept = f"; the previous checkpoint {last} is intact" if last else ""
+    return f"could not write checkpoint {path}: {reason}{kept}"
+
+
 def _check_required_settings(data: dict, cfg, path: str) -> None:
     """A converted authors' checkpoint records the settings its weights need: check them."""
     conversion = Conversion(format=str(data.get("converted_from", "converted")),
@@ -264,12 +302,22 @@ class Checkpointer:
         }
 
     def save(self, name: str, iteration: int, rng_states: list | None = None) -> str:
-        """Writes ``OUTPUT_DIR/{name}.pth`` then points ``last_checkpoint`` at it."""
+        """Writes ``OUTPUT_DIR/{name}.pth`` then points ``last_checkpoint`` at it.
+
+        Raises:
+            FloatingPointError: parameters or optimizer state are not finite (nothing written).
+            CheckpointError: the file could not be written (the previous checkpoint is intact).
+        """
         self._remove_stale_temporaries()
         filename = f"{name}.pth"
         path = os.path.join(self.output_dir, filename)
-        atomic_torch_save(self.state(iteration, rng_states), path)
-        atomic_write_text(os.path.join(self.output_dir, LAST_CHECKPOINT), filename + "\n")
+        state = self.state(iteration, rng_states)
+        check_finite_state(state, iteration, self.last_checkpoint_path_or_none())
+        try:
+            atomic_torch_save(state, path)
+            atomic_write_text(os.path.join(self.output_dir, LAST_CHECKPOINT), filename + "\n")
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(_write_failure(path, err, self.last_checkpoint_path_or_none())) from None
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
         self._prune()
         return path
@@ -295,6 +343,12 @@ class Checkpointer:
         for old in periodic[: -self.max_keep]:
             os.remove(os.path.join(self.output_dir, old))
 
+    def last_checkpoint_path_or_none(self) -> str | None:
+        try:
+            return self.last_checkpoint_path()
+        except CheckpointError:
+            return None
+
     # --- reading ---------------------------------------------------------------------------
     def last_checkpoint_path(self) -> str | None:
         """The file named by ``OUTPUT_DIR/last_checkpoint``, or None when there is no such file."""
@@ -305,7 +359,12 @@ class Checkpointer:
             name = f.read().strip()
         if not name:
             raise CheckpointError(f"{marker} is empty; delete it to start from scratch")
-        return name if os.path.isabs(name) else os.path.join(self.output_dir, name)
+        if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
+            raise CheckpointError(
+                f"{marker} names '{name}', which is not a file in OUTPUT_DIR: it must name one "
+                "of this folder's checkpoints (e.g. model_final.pth)"
+            )
+        return os.path.join(self.output_dir, name)
 
     def load(self, path: str) -> dict:
         """Restores model, optimizer, scheduler and grad scaler from a full checkpoint.

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import inspect
 import logging
+import math
 import os
 import time
 from typing import Any, Iterable, Iterator
@@ -37,6 +38,7 @@ from .events import TrainingEvents
 from .logger import setup_logger
 from .lr_scheduler import build_lr_scheduler
 from .optim import build_optimizer, clip_gradients
+from .run_directory import RunLock, check_fresh_start, make_output_dir
 from .runtime import (
     check_batch_split,
     check_num_classes,
@@ -65,20 +67,45 @@ class Trainer:
         cfg: the run's config (frozen or not; a resolved SEED is written into a copy).
         resume: continue from ``OUTPUT_DIR/last_checkpoint`` when it exists. Always on when
             torchrun restarted the workers.
+        start_over: without ``resume``, train from scratch in an OUTPUT_DIR that holds a
+            previous run (its files are moved to ``replaced_run_<time>/``); without it, such a
+            folder is refused.
     """
 
-    def __init__(self, cfg: CfgNode, resume: bool = False):
+    def __init__(self, cfg: CfgNode, resume: bool = False, start_over: bool = False):
         self.device = resolve_device(cfg)
         init_distributed(self.device.type)
         if self.device.type == "cuda" and get_world_size() > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        resume = resume or restarted_by_torchrun()
+        self._lock = None
+        replaced = None
+        if is_main_process():
+            make_output_dir(cfg.OUTPUT_DIR)
+            self._lock = RunLock(cfg.OUTPUT_DIR)
+        try:
+            if is_main_process() and not resume:
+                replaced = check_fresh_start(cfg.OUTPUT_DIR, start_over)
+            self._setup(cfg, resume, replaced)
+        except BaseException:
+            self.release_output_dir()
+            raise
+
+    def release_output_dir(self) -> None:
+        """Lets another run use OUTPUT_DIR (at the end of train(), or after a failed start)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, cfg: CfgNode, resume: bool, replaced: str | None) -> None:
         setup_logger(cfg.OUTPUT_DIR, get_rank())
+        if replaced:
+            logger.info(replaced)
         configure_torch(cfg)
         self._validate(cfg)
         self.per_rank_batch = check_batch_split(cfg)
         self.accum_steps = grad_accum_steps(cfg)
 
-        resume = resume or restarted_by_torchrun()
         resume_path, resume_data = self._find_resume_checkpoint(cfg) if resume else (None, None)
         stored_seed = self._stored_seed(resume_data)
         seed = resolve_seed(cfg, stored_seed)
@@ -157,6 +184,9 @@ class Trainer:
     @staticmethod
     def _validate(cfg: CfgNode) -> None:
         solver = cfg.SOLVER
+        lr = solver.BASE_LR
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"config key 'SOLVER.BASE_LR' must be a finite number > 0, got {lr!r}")
         if solver.MAX_ITER <= 0:
             raise ConfigError(f"config key 'SOLVER.MAX_ITER' must be > 0, got {solver.MAX_ITER}")
         if solver.CHECKPOINT_PERIOD < 0:
@@ -189,6 +219,12 @@ class Trainer:
             logger.info("no last_checkpoint in %s: starting from scratch", cfg.OUTPUT_DIR)
             return None, None
         visible = all_gather(os.path.isfile(path))
+        if not visible[0]:
+            raise CheckpointError(
+                f"cannot resume: {os.path.join(cfg.OUTPUT_DIR, 'last_checkpoint')} names {path}, "
+                "which does not exist (file not found); restore it, or point last_checkpoint at "
+                "another checkpoint of the folder"
+            )
         if not all(visible):
             blind = [rank for rank, ok in enumerate(visible) if not ok]
             raise CheckpointError(
@@ -278,6 +314,7 @@ class Trainer:
             events.write_eval(self.max_iter - 1, results)
         finally:
             events.close()
+            self.release_output_dir()
         return results
 
     def run_step(self, loader: Iterator[list[dict]], iteration: int) -> tuple[dict[str, float], float]:
