@@ -19,10 +19,9 @@ import os
 import sys
 from typing import Sequence
 
-import numpy as np
-from PIL import Image
 
 from idip.config import ConfigError, setup_cfg
+from idip.data.image_io import ImageReadError, read_image
 from idip.engine.cli import run_cli
 from idip.engine.logger import setup_logger
 from idip.engine.predictor import Predictor
@@ -81,7 +80,15 @@ def output_path(output: str, source: str, single: bool) -> str:
     if single and output.lower().endswith(".png"):
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         return output
-    os.makedirs(output, exist_ok=True)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(
+            f"--output '{output}' is an existing file: give a folder for the drawings"
+            + (" (or, for one input image, a .png file name)" if single else "")
+        )
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output '{output}' cannot be created: {err.strerror}") from None
     return os.path.join(output, os.path.splitext(os.path.basename(source))[0] + ".png")
 
 
@@ -95,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = Predictor(cfg)
     names = class_names_of(cfg)
     for path in files:
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except OSError as err:
-            raise ConfigError(f"cannot read image {path}: {err}") from None
+        try:  # the reader of training and evaluation: EXIF orientation, 16-bit, CMYK, alpha
+            image = read_image(path)
+        except ImageReadError as err:
+            raise ConfigError(str(err)) from None
         predictions = predictor(image)
         drawn = draw_instances(image, predictions, names, score_threshold=args.confidence_threshold)
         target = output_path(args.output, path, single=len(files) == 1)

@@ -105,9 +105,10 @@ class _TrainDataset(Dataset):
                 index = random.Random(
                     mix_seed(_REPLACE_STREAM, self.seed, position, attempt)
                 ).randrange(len(self.records))
-        files = sorted({f for f, _ in failures})
+        reasons = dict(failures)
         raise TooManyUnreadableImagesError(
-            f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: {files}"
+            f"{_MAX_ATTEMPTS} images in a row failed to load for one training sample: "
+            + "; ".join(f"'{f}' ({reasons[f]})" for f in sorted(reasons))
         )
 
 
@@ -162,7 +163,7 @@ class TrainLoader:
                     f"{len(self.bad_files)} of {self.num_images} training images could not be "
                     "read, more than "
                     f"DATALOADER.MAX_BAD_IMAGE_FRACTION={self.max_bad_fraction}; first ones: "
-                    + ", ".join(f"'{f}'" for f in list(self.bad_files)[:5])
+                    + "; ".join(f"'{f}' ({why})" for f, why in list(self.bad_files.items())[:5])
                 )
         return samples
 

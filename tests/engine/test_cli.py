@@ -84,3 +84,37 @@ def test_train_config_error_in_a_subprocess_is_one_line_exit_2(tmp_path):
         "error: config key 'SOLVER.MAX_ITER' (from the command line) expects int (default 90000), got 'ten'"
     )
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_demo_reads_images_as_training_does(trained, tmp_path):
+    """#21 item 13: EXIF orientation applied (drawn upright) and a 16-bit PNG rescaled, not
+    turned white."""
+    weights, cfg_file = str(trained / "model_final.pth"), str(trained / "config.yaml")
+    stored = _write_image(tmp_path / "plain.png", 4)[:20]  # stored 20 high, W wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # to be rotated 90 degrees clockwise: upright it is W high, 20 wide
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    wide = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "deep.png")  # mode I;16
+    for name in ("rotated.jpg", "deep.png"):
+        out = tmp_path / f"vis_{name}.png"
+        code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / name),
+                                   "--output", str(out), "--confidence-threshold", "1.0",
+                                   "--opts", "MODEL.WEIGHTS", weights])
+        assert code == 0
+        drawn = np.asarray(Image.open(out))
+        if name == "rotated.jpg":
+            assert drawn.shape == (stored.shape[1], 20, 3)
+        else:
+            assert drawn.shape == (48, 64, 3) and (drawn < 250).mean() > 0.5  # not all white
+
+
+def test_demo_output_naming_an_existing_file_is_one_line(trained, tmp_path, capsys):
+    weights, cfg_file = str(trained / "model_final.pth"), str(trained / "config.yaml")
+    _write_image(tmp_path / "a.png", 1)
+    _write_image(tmp_path / "b.png", 2)
+    (tmp_path / "taken").write_text("not a folder")
+    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "[ab].png"),
+                               "--output", str(tmp_path / "taken"), "--opts", "MODEL.WEIGHTS", weights])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is an existing file" in err[0]

@@ -8,6 +8,7 @@ larger than the max size. Expected values are the hand-written ones of the fixtu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -180,3 +181,19 @@ def test_bad_image_errors_are_typed(awkward_dataset):
     shutil.rmtree(awkward_dataset["images"])
     with pytest.raises(FileNotFoundError, match="images"):
         build_train_loader(cfg)
+
+
+def test_an_image_whose_size_differs_from_the_json_says_why(awkward_dataset, tmp_path, capsys):
+    """#21 item 12: the error gives the decoded and the annotated sizes, not just "could not be read"."""
+    with open(awkward_dataset["json"]) as f:
+        data = json.load(f)
+    for image in data["images"]:
+        if image["file_name"] == "gray.png":
+            image["height"], image["width"] = 16, 64  # the file is 32 x 32
+    with open(awkward_dataset["json"], "w") as f:
+        json.dump(data, f)
+    argv = _train_argv(tmp_path / "run", awkward_dataset, 6)  # default budget: 1% of 8 images
+    assert train.cli(argv, trainer_cls=Trainer) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "gray.png" in err
+    assert "decoded size (h=32, w=32) differs from the annotation's (h=16, w=64)" in err
