@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import ConfigError
 from ..engine.distributed import get_rank, get_world_size
 from .coco import filter_empty_annotations, load_coco_json
 from .datasets import get_dataset, register_from_cfg
+from .errors import DatasetError
 from .image_io import ImageReadError, TooManyUnreadableImagesError
 from .mapper import DatasetMapper
 from .samplers import InferenceSampler, TrainBatchSampler, TrainingSampler, mix_seed
@@ -35,7 +37,7 @@ def grad_accum_steps(cfg) -> int:
     """SOLVER.GRAD_ACCUM_STEPS, where 0 (automatic) means 1."""
     steps = int(cfg.SOLVER.GRAD_ACCUM_STEPS)
     if steps < 0:
-        raise ValueError(f"SOLVER.GRAD_ACCUM_STEPS must be >= 0, got {steps}")
+        raise ConfigError(f"config key 'SOLVER.GRAD_ACCUM_STEPS' must be >= 0, got {steps}")
     return max(steps, 1)
 
 
@@ -47,11 +49,26 @@ def train_batch_size_per_rank(cfg) -> int:
     """
     total, world, steps = int(cfg.SOLVER.IMS_PER_BATCH), get_world_size(), grad_accum_steps(cfg)
     if total <= 0 or total % (world * steps) != 0:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of world_size ({world}) x "
             f"SOLVER.GRAD_ACCUM_STEPS ({steps}) = {world * steps}"
         )
     return total // (world * steps)
+
+
+def test_batch_size(cfg) -> int:
+    """TEST.IMS_PER_BATCH, checked (training checks it before the first iteration)."""
+    batch_size = cfg.TEST.IMS_PER_BATCH
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"config key 'TEST.IMS_PER_BATCH' must be an integer > 0, got {batch_size!r}")
+    return batch_size
+
+
+def num_loader_workers(cfg) -> int:
+    workers = cfg.DATALOADER.NUM_WORKERS
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"config key 'DATALOADER.NUM_WORKERS' must be an integer >= 0, got {workers!r}")
+    return workers
 
 
 def _data_seed(cfg) -> int:
@@ -68,7 +85,7 @@ def _load_records(names, filter_empty: bool) -> tuple[list[dict], list[str]]:
         if classes is None:
             classes, first = categories.names, name
         elif categories.names != classes:
-            raise ValueError(
+            raise DatasetError(
                 f"datasets '{first}' and '{name}' have different classes ({classes} vs "
                 f"{categories.names}); they cannot be trained on together"
             )
@@ -188,12 +205,12 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
     register_from_cfg(cfg)
     names = list(cfg.DATASETS.TRAIN)
     if not names:
-        raise ValueError("DATASETS.TRAIN is empty: name at least one dataset to train on")
+        raise ConfigError("DATASETS.TRAIN is empty: name at least one dataset to train on")
     batch_size = train_batch_size_per_rank(cfg)
     mapper = DatasetMapper.from_config(cfg, is_train=True)
     records, _ = _load_records(names, bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
     if not records:
-        raise ValueError(f"no training images with usable annotations in {names}")
+        raise DatasetError(f"no training images with usable annotations in {names}")
     seed = _data_seed(cfg)
     sampler = TrainingSampler(
         len(records), seed, shuffle=True, rank=get_rank(), world_size=get_world_size()
@@ -206,7 +223,7 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
     batch_sampler = TrainBatchSampler(
         sampler, batch_size, group_ids=group_ids, start_batch=start_iter * grad_accum_steps(cfg)
     )
-    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+    num_workers = num_loader_workers(cfg)
     loader = DataLoader(
         _TrainDataset(SerializedList(records), mapper, seed),
         batch_sampler=batch_sampler,
@@ -248,10 +265,8 @@ def build_test_loader(cfg, dataset_name: str) -> DataLoader:
     register_from_cfg(cfg)
     records, _ = _load_records([dataset_name], filter_empty=False)
     sampler = InferenceSampler(len(records), get_rank(), get_world_size())
-    batch_size = int(cfg.TEST.IMS_PER_BATCH)
-    if batch_size <= 0:
-        raise ValueError(f"TEST.IMS_PER_BATCH must be > 0, got {batch_size}")
-    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+    batch_size = test_batch_size(cfg)
+    num_workers = num_loader_workers(cfg)
     return DataLoader(
         _TestDataset(SerializedList(records), DatasetMapper.from_config(cfg, is_train=False)),
         batch_size=batch_size,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pycocotools.mask as mask_util
 
+from .errors import DatasetError
 from .segmentation import clean_segmentation
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,14 @@ class Categories:
 
 def _categories_from_list(entries, json_file: str) -> Categories:
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"'{json_file}' has no 'categories' list (or it is empty)")
+        raise DatasetError(f"'{json_file}' has no 'categories' list (or it is empty)")
     seen: dict[int, str] = {}
     for entry in entries:
         if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
-            raise ValueError(f"'{json_file}': category entry {entry!r} needs an 'id' and a 'name'")
+            raise DatasetError(f"'{json_file}': category entry {entry!r} needs an 'id' and a 'name'")
         cid = int(entry["id"])
         if cid in seen:
-            raise ValueError(f"'{json_file}': category id {cid} appears more than once")
+            raise DatasetError(f"'{json_file}': category id {cid} appears more than once")
         seen[cid] = str(entry["name"])
     ids = sorted(seen)
     return Categories(names=[seen[i] for i in ids], category_ids=ids)
@@ -85,10 +86,13 @@ def read_categories(json_file: str) -> Categories:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"'{json_file}' is not valid json: {exc}") from exc
-    return _categories_from_list(
-        data.get("categories") if isinstance(data, dict) else None, json_file
-    )
+        raise DatasetError(f"'{json_file}' is not valid json: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"'{json_file}' is not a COCO instances file: it holds a {type(data).__name__}, not "
+            "an object with 'images', 'annotations' and 'categories'"
+        )
+    return _categories_from_list(data.get("categories"), json_file)
 
 
 def load_coco_json(
@@ -117,9 +121,9 @@ def load_coco_json(
         with open(json_file, "r", encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"'{json_file}' is not valid json: {exc}") from exc
+        raise DatasetError(f"'{json_file}' is not valid json: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"'{json_file}' has no 'images' list: not a COCO instances file")
+        raise DatasetError(f"'{json_file}' has no 'images' list: not a COCO instances file")
     categories = _categories_from_list(data.get("categories"), json_file)
     to_contiguous = categories.id_to_contiguous
 
@@ -127,12 +131,12 @@ def load_coco_json(
     for entry in data["images"]:
         missing = [k for k in ("id", "file_name", "height", "width") if k not in entry]
         if missing:
-            raise ValueError(
+            raise DatasetError(
                 f"'{json_file}': image entry {entry.get('id', entry)!r} lacks {missing}"
             )
         image_id = int(entry["id"])
         if image_id in records:
-            raise ValueError(f"'{json_file}': image id {image_id} appears more than once")
+            raise DatasetError(f"'{json_file}': image id {image_id} appears more than once")
         records[image_id] = {
             "file_name": os.path.join(image_root, entry["file_name"]),
             "height": int(entry["height"]),
@@ -150,7 +154,7 @@ def load_coco_json(
             continue
         cid = ann.get("category_id")
         if cid not in to_contiguous:
-            raise ValueError(
+            raise DatasetError(
                 f"'{json_file}': annotation {ann.get('id')} of image {record['image_id']} has "
                 f"category_id {cid!r}, which is not in 'categories' {categories.category_ids}"
             )

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..config import ConfigError
 from .coco import read_categories
 
 
@@ -78,7 +79,7 @@ def register_coco_dataset(
     unless ``overwrite`` (built-in names can never be replaced).
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+        raise ConfigError(f"dataset name must be a non-empty string, got {name!r}")
     entry = _Entry(str(json_file), str(image_root))
     with _LOCK:
         old = _REGISTRY.get(name)
@@ -94,7 +95,7 @@ def register_coco_dataset(
                 if old.builtin
                 else f"registered with json '{old.json_file}', images '{old.image_root}'"
             )
-            raise ValueError(f"dataset '{name}' is already {kind}; choose another name")
+            raise ConfigError(f"dataset '{name}' is already {kind}; choose another name")
         _REGISTRY[name] = old or entry
 
 
@@ -158,13 +159,13 @@ def register_from_cfg(cfg) -> None:
     set_datasets_root(cfg.DATASETS.ROOT)
     for i, entry in enumerate(cfg.DATASETS.CUSTOM):
         if not isinstance(entry, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"DATASETS.CUSTOM[{i}] must be a mapping {{NAME, JSON, IMAGES}}, got {entry!r}"
             )
         missing = [k for k in ("NAME", "JSON", "IMAGES") if k not in entry]
         unknown = sorted(set(entry) - {"NAME", "JSON", "IMAGES"})
         if missing or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"DATASETS.CUSTOM[{i}] = {dict(entry)!r}: "
                 + (f"missing keys {missing}" if missing else "")
                 + ("; " if missing and unknown else "")

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import ConfigError
+
 
 def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
     """Output (height, width) when the short side becomes ``short_edge`` and the long side is
@@ -34,17 +36,17 @@ def sample_short_edge(min_sizes: Sequence[int], sampling: str, rng: random.Rando
     between its two values."""
     sizes = [int(s) for s in min_sizes]
     if not sizes:
-        raise ValueError("INPUT.MIN_SIZE_TRAIN is empty")
+        raise ConfigError("config key 'INPUT.MIN_SIZE_TRAIN' is empty: give at least one short-side size")
     if sampling == "choice":
         return sizes[rng.randrange(len(sizes))]
     if sampling == "range":
         if len(sizes) != 2 or sizes[0] > sizes[1]:
-            raise ValueError(
-                "INPUT.MIN_SIZE_TRAIN_SAMPLING='range' needs MIN_SIZE_TRAIN=(low, high), "
+            raise ConfigError(
+                "config key 'INPUT.MIN_SIZE_TRAIN_SAMPLING' 'range' needs MIN_SIZE_TRAIN=(low, high), "
                 f"got {tuple(sizes)}"
             )
         return rng.randint(sizes[0], sizes[1])
-    raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
+    raise ConfigError(f"config key 'INPUT.MIN_SIZE_TRAIN_SAMPLING' must be 'choice' or 'range', got {sampling!r}")
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class ResizeFlipAugmentation:
         if is_train:
             flip = cfg.INPUT.RANDOM_FLIP
             if flip not in ("horizontal", "none"):
-                raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal' or 'none', got {flip!r}")
+                raise ConfigError(f"config key 'INPUT.RANDOM_FLIP' must be 'horizontal' or 'none', got {flip!r}")
             min_sizes = cfg.INPUT.MIN_SIZE_TRAIN
             min_sizes = (
                 (min_sizes,) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)

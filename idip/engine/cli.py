@@ -36,9 +36,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     # Imported here: idip.data imports idip.engine.distributed, so a module-level import would
     # make `import idip.engine` depend on the data package's import order.
     from ..data.datasets import UnknownDatasetError
+    from ..data.errors import DatasetError
     from ..data.image_io import ImageReadError, TooManyUnreadableImagesError
 
-    data_errors = (UnknownDatasetError, ImageReadError, TooManyUnreadableImagesError)
+    data_errors = (UnknownDatasetError, DatasetError, ImageReadError, TooManyUnreadableImagesError)
     try:
         code = int(main(argv) or 0)
         # Every rank reaches the end before any leaves the group: a rank that tears its gloo

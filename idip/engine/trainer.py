@@ -187,6 +187,10 @@ class Trainer:
         lr = solver.BASE_LR
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"config key 'SOLVER.BASE_LR' must be a finite number > 0, got {lr!r}")
+        from ..data.build import num_loader_workers, test_batch_size  # deferred, as build_train_loader
+
+        test_batch_size(cfg)  # checked now, not after training when evaluation starts
+        num_loader_workers(cfg)
         if solver.MAX_ITER <= 0:
             raise ConfigError(f"config key 'SOLVER.MAX_ITER' must be > 0, got {solver.MAX_ITER}")
         if solver.CHECKPOINT_PERIOD < 0:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...config import ConfigError
 from ..build import register_meta_arch
 from .dynamic_mask_head import DynamicMaskHead, gt_bitmasks_at_stride
 from .fcos import FCOS, FCOSOutputs
@@ -67,7 +68,7 @@ class CondInst(nn.Module):
             norm=c.MASK_BRANCH.NORM,
         )
         if self.mask_branch.out_stride % self.mask_out_stride:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'MODEL.CONDINST.MASK_OUT_STRIDE' ({self.mask_out_stride}) must divide the "
                 f"mask branch's stride ({self.mask_branch.out_stride})"
             )

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...config import ConfigError
+
 
 def dynamic_param_counts(
     in_channels: int, channels: int, num_layers: int, rel_coords: bool = True
@@ -23,7 +25,7 @@ def dynamic_param_counts(
         of parameters the controller predicts per location (169 for 8 channels and 3 layers).
     """
     if num_layers < 1:
-        raise ValueError(f"config key 'MODEL.CONDINST.MASK_HEAD.NUM_LAYERS' must be >= 1, got {num_layers}")
+        raise ConfigError(f"config key 'MODEL.CONDINST.MASK_HEAD.NUM_LAYERS' must be >= 1, got {num_layers}")
     weight_nums, bias_nums = [], []
     for layer in range(num_layers):
         fan_in = (in_channels + 2 if rel_coords else in_channels) if layer == 0 else channels

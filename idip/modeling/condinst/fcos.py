@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ...config import ConfigError
 from .fcos_head import FCOSHead, compute_locations
 from .fcos_losses import fcos_losses
 from .fcos_targets import FCOSTargets, compute_fcos_targets
@@ -50,14 +51,14 @@ class FCOS(nn.Module):
         self.in_features = list(c.IN_FEATURES)
         for name in self.in_features:
             if name not in input_shape:
-                raise ValueError(
+                raise ConfigError(
                     f"config key 'MODEL.FCOS.IN_FEATURES' names {name!r}, which the backbone does not "
                     f"produce (it gives {sorted(input_shape)}); FCOS needs MODEL.FPN.TOP_BLOCK 'P6P7' for p6/p7"
                 )
         self.strides = [int(s) for s in c.FPN_STRIDES]
         backbone_strides = [int(input_shape[f][1]) for f in self.in_features]
         if self.strides != backbone_strides:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'MODEL.FCOS.FPN_STRIDES' is {self.strides} but the backbone's "
                 f"{self.in_features} have strides {backbone_strides}"
             )
@@ -67,7 +68,7 @@ class FCOS(nn.Module):
         self.in_channels = channels.pop()
         self.num_classes = int(c.NUM_CLASSES)
         if self.num_classes < 1:
-            raise ValueError(f"config key 'MODEL.FCOS.NUM_CLASSES' must be >= 1, got {self.num_classes}")
+            raise ConfigError(f"config key 'MODEL.FCOS.NUM_CLASSES' must be >= 1, got {self.num_classes}")
         self.sizes_of_interest = [float(s) for s in c.SIZES_OF_INTEREST]
         self.center_sample = bool(c.CENTER_SAMPLE)
         self.radius = float(c.POS_RADIUS)
@@ -80,7 +81,7 @@ class FCOS(nn.Module):
         self.post_nms_topk = int(c.POST_NMS_TOPK_TEST)
         self.nms_thresh = float(c.NMS_TH)
         if c.LOC_LOSS_TYPE != "giou":
-            raise ValueError(f"config key 'MODEL.FCOS.LOC_LOSS_TYPE' must be 'giou', got {c.LOC_LOSS_TYPE!r}")
+            raise ConfigError(f"config key 'MODEL.FCOS.LOC_LOSS_TYPE' must be 'giou', got {c.LOC_LOSS_TYPE!r}")
         self.head = FCOSHead(
             self.in_channels,
             self.num_classes,

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...config import ConfigError
+
 
 def compute_locations(height: int, width: int, stride: int, device: torch.device) -> Tensor:
     """Image coordinates of the centres of a feature map's cells.
@@ -41,7 +43,7 @@ def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
         if norm == "GN":
             layers.append(nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(channels, 32), channels))
         elif norm not in ("", "none"):
-            raise ValueError(f"config key 'MODEL.FCOS.NORM' must be 'GN' or '', got {norm!r}")
+            raise ConfigError(f"config key 'MODEL.FCOS.NORM' must be 'GN' or '', got {norm!r}")
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 

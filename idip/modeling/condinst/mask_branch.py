@@ -6,10 +6,12 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from ...config import ConfigError
+
 
 def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
     if norm not in ("BN", "GN", "", "none"):
-        raise ValueError(f"config key 'MODEL.CONDINST.MASK_BRANCH.NORM' must be 'BN', 'GN' or '', got {norm!r}")
+        raise ConfigError(f"config key 'MODEL.CONDINST.MASK_BRANCH.NORM' must be 'BN', 'GN' or '', got {norm!r}")
     use_norm = norm in ("BN", "GN")
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not use_norm)
     nn.init.kaiming_uniform_(conv.weight, a=1)
@@ -45,7 +47,7 @@ class MaskBranch(nn.Module):
         super().__init__()
         for name in in_features:
             if name not in input_shape:
-                raise ValueError(
+                raise ConfigError(
                     f"config key 'MODEL.CONDINST.MASK_BRANCH.IN_FEATURES' names {name!r}, which the "
                     f"backbone does not produce (it gives {sorted(input_shape)})"
                 )
