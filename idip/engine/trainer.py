@@ -38,6 +38,7 @@ from .events import TrainingEvents
 from .logger import setup_logger
 from .lr_scheduler import build_lr_scheduler
 from .optim import build_optimizer, clip_gradients
+from .resume_check import check_resume_config
 from .run_directory import RunLock, check_fresh_start, make_output_dir
 from .runtime import (
     check_batch_split,
@@ -70,9 +71,14 @@ class Trainer:
         start_over: without ``resume``, train from scratch in an OUTPUT_DIR that holds a
             previous run (its files are moved to ``replaced_run_<time>/``); without it, such a
             folder is refused.
+        allow_config_change: resume even when the config differs from the checkpoint's in a
+            way that makes the result differ from an uninterrupted run (every difference is
+            logged either way).
     """
 
-    def __init__(self, cfg: CfgNode, resume: bool = False, start_over: bool = False):
+    def __init__(self, cfg: CfgNode, resume: bool = False, start_over: bool = False,
+                 allow_config_change: bool = False):
+        self._allow_config_change = allow_config_change
         self.device = resolve_device(cfg)
         init_distributed(self.device.type)
         if self.device.type == "cuda" and get_world_size() > 1:
@@ -116,6 +122,9 @@ class Trainer:
         cfg.SEED = seed
         cfg.freeze()
         self.cfg = cfg
+        if resume_data is not None and resume_data.get("config"):
+            check_resume_config(resume_data["config"], cfg.dump(), resume_path,
+                                self._allow_config_change, logger.warning)
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
         seed_all(seed)

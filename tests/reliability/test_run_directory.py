@@ -151,3 +151,37 @@ def test_an_output_dir_under_a_regular_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = _train(tmp_path / "file" / "run", capsys)
     assert code == 2 and "OUTPUT_DIR" in err and "cannot be created" in err
+
+
+def _resume(out, capsys, *flags, **extra):
+    code = train.cli(["--resume", *flags, *tiny_cfg_opts(str(out), 8, **extra)], trainer_cls=TinyTrainer)
+    err = capsys.readouterr().err
+    return code, (one_error_line(err) if code else "")
+
+
+@pytest.mark.parametrize("key, value", [("SOLVER.IMS_PER_BATCH", 2), ("SEED", 8),
+                                        ("MODEL.META_ARCHITECTURE", "TinyTestModel"),
+                                        ("DATASETS.TRAIN", ("other",))])
+def test_resuming_with_a_config_change_that_breaks_exactness_is_refused(tmp_path, capsys, key, value):
+    """#21 item 8: the changed key is named; --allow-config-change continues (logging it)."""
+    out = tmp_path / "run"
+    assert _train(out, capsys, max_iter=8, **{"SOLVER.CHECKPOINT_PERIOD": 2})[0] == 0
+    (out / "last_checkpoint").write_text("model_0000003.pth\n")  # resume mid-run
+    if key == "MODEL.META_ARCHITECTURE":
+        key, value = "MODEL.PIXEL_STD", (2.0, 2.0, 2.0)  # the same model class, other inputs
+    code, err = _resume(out, capsys, **{"SOLVER.CHECKPOINT_PERIOD": 2, key: value})
+    assert code == 2 and f"changed {key}" in err and "--allow-config-change" in err
+    if key == "DATASETS.TRAIN":
+        return  # the synthetic loader of the tiny trainer has no such dataset to continue with
+    code, err = _resume(out, capsys, "--allow-config-change", **{"SOLVER.CHECKPOINT_PERIOD": 2, key: value})
+    assert code == 0, err
+    assert f"config differs from the checkpoint's: {key}:" in (out / "log.txt").read_text()
+
+
+def test_resuming_with_a_harmless_change_logs_it_and_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, capsys, max_iter=8, **{"SOLVER.CHECKPOINT_PERIOD": 2})[0] == 0
+    (out / "last_checkpoint").write_text("model_0000003.pth\n")
+    code, err = _resume(out, capsys, **{"SOLVER.CHECKPOINT_PERIOD": 2, "LOG_PERIOD": 3})
+    assert code == 0, err
+    assert "config differs from the checkpoint's: LOG_PERIOD: 1 -> 3" in (out / "log.txt").read_text()
