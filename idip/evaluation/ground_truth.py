@@ -25,6 +25,7 @@ import math
 import os
 from collections import Counter
 
+from ..data.errors import DatasetError
 from ..data.segmentation import clean_segmentation
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,19 @@ def clean_ground_truth(data: dict, json_file: str) -> tuple[dict, dict]:
     """(bbox dataset, segm dataset): COCO-format dicts for pycocotools' ``COCO``.
 
     Raises:
-        ValueError: the json is not a COCO instances file, or an image lacks its size, naming
+        DatasetError: the json is not a COCO instances file, or an image lacks its size, naming
             the file and the entry.
     """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"'{json_file}' has no 'images' list: not a COCO instances file")
+        raise DatasetError(f"'{json_file}' has no 'images' list: not a COCO instances file")
     categories = data.get("categories")
     if not isinstance(categories, list) or not categories:
-        raise ValueError(f"'{json_file}' has no 'categories'")
+        raise DatasetError(f"'{json_file}' has no 'categories'")
     category_ids = {c.get("id") for c in categories if isinstance(c, dict)}
     images = {}
     for entry in data["images"]:
         if not isinstance(entry, dict) or any(k not in entry for k in ("id", "height", "width")):
-            raise ValueError(f"'{json_file}': image entry {entry!r:.80} lacks id, height or width")
+            raise DatasetError(f"'{json_file}': image entry {entry!r:.80} lacks id, height or width")
         images[entry["id"]] = entry
     mask_util = _mask_util()
     bbox_anns, segm_anns = [], []
@@ -78,7 +79,7 @@ def clean_ground_truth(data: dict, json_file: str) -> tuple[dict, dict]:
             dropped["of an image not in 'images'"] += 1
             continue
         if ann.get("category_id") not in category_ids:
-            raise ValueError(
+            raise DatasetError(
                 f"'{json_file}': annotation {ann.get('id')!r} has category_id "
                 f"{ann.get('category_id')!r}, which is not in 'categories'"
             )
@@ -145,7 +146,7 @@ def load_ground_truth(json_file: str):
         with open(json_file, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"'{json_file}' is not valid json: {err}") from None
+        raise DatasetError(f"'{json_file}' is not valid json: {err}") from None
     cocos = []
     for dataset in clean_ground_truth(data, json_file):
         coco = COCO()
