@@ -94,8 +94,9 @@ at::Tensor aligned_upsample_cuda(const at::Tensor& x, int64_t factor) {
   const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "aligned_upsample_cuda", [&] {
-    IDIP_LAUNCH_KERNEL(aligned_upsample_forward_kernel<scalar_t>, num_blocks(total), kThreads, 0, stream,
-        input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, H, W, factor);
+    IDIP_LAUNCH_KERNEL(aligned_upsample_forward_kernel<scalar_t>, num_blocks(total), kThreads, 0,
+                       stream, input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, H, W,
+                       factor);
     IDIP_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -112,8 +113,9 @@ at::Tensor aligned_upsample_backward_cuda(const at::Tensor& grad, int64_t factor
   const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "aligned_upsample_backward_cuda", [&] {
-    IDIP_LAUNCH_KERNEL(aligned_upsample_backward_kernel<scalar_t>, num_blocks(total), kThreads, 0, stream,
-        g.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), total, height, width, factor);
+    IDIP_LAUNCH_KERNEL(aligned_upsample_backward_kernel<scalar_t>, num_blocks(total), kThreads, 0,
+                       stream, g.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), total, height,
+                       width, factor);
     IDIP_KERNEL_LAUNCH_CHECK();
   });
   return grad_in;

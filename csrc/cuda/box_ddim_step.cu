@@ -110,7 +110,8 @@ std::tuple<at::Tensor, at::Tensor> box_ddim_step_cuda(const at::Tensor& x_t,
   const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xt.scalar_type(), "box_ddim_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    IDIP_LAUNCH_KERNEL(box_ddim_step_kernel<scalar_t>, static_cast<unsigned>(B), kThreads, 0, stream,
+    IDIP_LAUNCH_KERNEL(box_ddim_step_kernel<scalar_t>, static_cast<unsigned>(B), kThreads, 0,
+        stream,
         xt.data_ptr<scalar_t>(), pb.data_ptr<scalar_t>(), sz.data_ptr<scalar_t>(),
         kp.data_ptr<bool>(), nz.data_ptr<scalar_t>(), rn.data_ptr<scalar_t>(),
         static_cast<acc_t>(k.sqrt_alpha), static_cast<acc_t>(k.sqrt_one_minus_alpha),

@@ -159,7 +159,8 @@ std::vector<at::Tensor> backward_levels(const at::Tensor& grad, const at::Tensor
                                           float, scalar_t>;
       std::vector<buffer_t*> ptrs;
       for (auto& b : buffers) ptrs.push_back(b.data_ptr<buffer_t>());
-      IDIP_LAUNCH_KERNEL((roi_align_backward_kernel<scalar_t, buffer_t>), num_blocks(total), kThreads, 0, stream,
+      IDIP_LAUNCH_KERNEL((roi_align_backward_kernel<scalar_t, buffer_t>), num_blocks(total),
+          kThreads, 0, stream,
           with_pointers(table, ptrs), batch, channels, r.data_ptr<scalar_t>(),
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)),
           static_cast<int>(sampling_ratio), aligned, grad.data_ptr<scalar_t>(), grad.stride(0),
