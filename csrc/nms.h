@@ -7,7 +7,7 @@
 
 #include <ATen/ATen.h>
 
-#include "box_ops.h"
+#include "macros.h"
 
 namespace idip {
 

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "box_ops.h"
+#include "macros.h"
 
 // The float overloads of the math functions: std:: on the host, CUDA's global ones on the device.
 #if defined(__CUDA_ARCH__)

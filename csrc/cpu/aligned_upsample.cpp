@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "condinst_ops.h"
+#include "aligned_upsample.h"
 #include "huge_pages.h"
 
 namespace idip {
@@ -55,8 +55,8 @@ inline void expand_row(const acc_t* t, int64_t W, int64_t runtime_factor, const 
 
 // Each output row is the blend of two source rows (W wide, in a row buffer), then expanded.
 template <typename scalar_t>
-void forward_kernel(const scalar_t* in, scalar_t* out, int64_t planes, int64_t H, int64_t W,
-                    int64_t factor) {
+void aligned_upsample_forward_kernel(const scalar_t* in, scalar_t* out, int64_t planes,
+                                     int64_t H, int64_t W, int64_t factor) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t OH = H * factor, OW = W * factor;
   const Taps<acc_t> ty(OH, factor, H);
@@ -90,8 +90,8 @@ void forward_kernel(const scalar_t* in, scalar_t* out, int64_t planes, int64_t H
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* grad, scalar_t* grad_in, int64_t planes, int64_t H,
-                     int64_t W, int64_t factor) {
+void aligned_upsample_backward_kernel(const scalar_t* grad, scalar_t* grad_in, int64_t planes,
+                                      int64_t H, int64_t W, int64_t factor) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t OH = H * factor, OW = W * factor;
   const Taps<acc_t> tx(OW, factor, W), ty(OH, factor, H);
@@ -129,8 +129,8 @@ at::Tensor aligned_upsample_cpu(const at::Tensor& x, int64_t factor) {
   advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "aligned_upsample_cpu", [&] {
-    forward_kernel<scalar_t>(input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N * C, H, W,
-                             factor);
+    aligned_upsample_forward_kernel<scalar_t>(input.data_ptr<scalar_t>(),
+                                              out.data_ptr<scalar_t>(), N * C, H, W, factor);
   });
   return out;
 }
@@ -145,8 +145,9 @@ at::Tensor aligned_upsample_backward_cpu(const at::Tensor& grad, int64_t factor,
   advise_huge_pages(grad_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "aligned_upsample_backward_cpu", [&] {
-    backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), N * C, height,
-                              width, factor);
+    aligned_upsample_backward_kernel<scalar_t>(g.data_ptr<scalar_t>(),
+                                               grad_in.data_ptr<scalar_t>(), N * C, height,
+                                               width, factor);
   });
   return grad_in;
 }

@@ -4,16 +4,16 @@
 
 #include <algorithm>
 
-#include "box_ops.h"
+#include "box_diffusion.h"
 
 namespace idip {
 namespace {
 
 template <typename scalar_t>
-void box_ddim_step_cpu_kernel(const scalar_t* x_t, const scalar_t* pred_boxes,
-                              const scalar_t* image_size, const bool* keep, const scalar_t* noise,
-                              const scalar_t* renew, const DdimCoefficients& k,
-                              scalar_t* x_next, scalar_t* boxes_next, int64_t B, int64_t N) {
+void box_ddim_step_kernel(const scalar_t* x_t, const scalar_t* pred_boxes,
+                          const scalar_t* image_size, const bool* keep, const scalar_t* noise,
+                          const scalar_t* renew, const DdimCoefficients& k, scalar_t* x_next,
+                          scalar_t* boxes_next, int64_t B, int64_t N) {
   const scalar_t sa = static_cast<scalar_t>(k.sqrt_alpha);
   const scalar_t s1a = static_cast<scalar_t>(k.sqrt_one_minus_alpha);
   const scalar_t sa_next = static_cast<scalar_t>(k.sqrt_alpha_next);
@@ -74,11 +74,11 @@ std::tuple<at::Tensor, at::Tensor> box_ddim_step_cpu(const at::Tensor& x_t,
   auto boxes_next = at::empty_like(xt);
   const int64_t B = xt.size(0), N = xt.size(1);
   AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "box_ddim_step_cpu", [&] {
-    box_ddim_step_cpu_kernel<scalar_t>(xt.data_ptr<scalar_t>(), pb.data_ptr<scalar_t>(),
-                                       sz.data_ptr<scalar_t>(), kp.data_ptr<bool>(),
-                                       nz.data_ptr<scalar_t>(), rn.data_ptr<scalar_t>(), k,
-                                       x_next.data_ptr<scalar_t>(),
-                                       boxes_next.data_ptr<scalar_t>(), B, N);
+    box_ddim_step_kernel<scalar_t>(xt.data_ptr<scalar_t>(), pb.data_ptr<scalar_t>(),
+                                   sz.data_ptr<scalar_t>(), kp.data_ptr<bool>(),
+                                   nz.data_ptr<scalar_t>(), rn.data_ptr<scalar_t>(), k,
+                                   x_next.data_ptr<scalar_t>(), boxes_next.data_ptr<scalar_t>(),
+                                   B, N);
   });
   return {x_next, boxes_next};
 }

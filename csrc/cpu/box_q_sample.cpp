@@ -2,16 +2,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "box_ops.h"
+#include "box_diffusion.h"
 
 namespace idip {
 namespace {
 
 template <typename scalar_t>
-void box_q_sample_cpu_kernel(const scalar_t* x_start, const scalar_t* noise, const int64_t* t,
-                             const float* ac_f32, const double* ac_f64, int64_t T,
-                             const scalar_t* image_size, scalar_t* x_t, scalar_t* boxes, int64_t B,
-                             int64_t N) {
+void box_q_sample_kernel(const scalar_t* x_start, const scalar_t* noise, const int64_t* t,
+                         const float* ac_f32, const double* ac_f64, int64_t T,
+                         const scalar_t* image_size, scalar_t* x_t, scalar_t* boxes, int64_t B,
+                         int64_t N) {
   at::parallel_for(0, B * N, kCpuBoxesPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / N;
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> box_q_sample_cpu(const at::Tensor& x_start,
   auto boxes = at::empty_like(xs);
   const int64_t B = xs.size(0), N = xs.size(1);
   AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "box_q_sample_cpu", [&] {
-    box_q_sample_cpu_kernel<scalar_t>(
+    box_q_sample_kernel<scalar_t>(
         xs.data_ptr<scalar_t>(), nz.data_ptr<scalar_t>(), tt.data_ptr<int64_t>(),
         ac.scalar_type() == at::kFloat ? ac.data_ptr<float>() : nullptr,
         ac.scalar_type() == at::kDouble ? ac.data_ptr<double>() : nullptr, ac.numel(),

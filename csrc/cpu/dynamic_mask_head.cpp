@@ -14,7 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include "condinst_ops.h"
+#include "dynamic_mask_head.h"
 
 // The 32-byte vector values below live in this file only (internal linkage), so GCC's note that
 // passing them by value has an AVX-dependent ABI does not apply.
@@ -26,7 +26,7 @@ namespace idip {
 namespace {
 
 template <typename scalar_t>
-struct HeadProblem {
+struct HeadArgs {
   const scalar_t* feats;   // [B, Cf, H, W]
   const scalar_t* params;  // [N, P]
   const int64_t* im_inds;  // [N]
@@ -126,39 +126,40 @@ struct RowScratch {
 
 // Returns the pointer to input row i of layer 0 (relative coordinates first, then features).
 template <typename scalar_t>
-inline const scalar_t* layer0_row(const HeadProblem<scalar_t>& pb, const RowScratch<scalar_t>& s,
-                                  int64_t b, int64_t y, int64_t i) {
-  if (pb.rel_coords) {
-    if (i < 2) return s.acts[0].data() + i * pb.W;
+inline const scalar_t* layer0_input(const HeadArgs<scalar_t>& args,
+                                    const RowScratch<scalar_t>& s, int64_t b, int64_t y,
+                                    int64_t i) {
+  if (args.rel_coords) {
+    if (i < 2) return s.acts[0].data() + i * args.W;
     i -= 2;
   }
-  return pb.feats + ((b * pb.Cf + i) * pb.H + y) * pb.W;
+  return args.feats + ((b * args.Cf + i) * args.H + y) * args.W;
 }
 
 // Runs the network for instance n on image row y; leaves every layer's input in s.acts and the
 // logits in s.out.
 template <typename scalar_t>
-void forward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, int64_t n, int64_t b,
-                 int64_t y) {
-  const MaskHeadLayout& L = *pb.layout;
-  const int64_t W = pb.W;
-  const scalar_t* p = pb.params + n * L.num_params;
-  if (pb.rel_coords) {
-    const scalar_t inv_soi = scalar_t(1) / pb.soi[n];
-    const scalar_t lx = pb.locations[n * 2], ly = pb.locations[n * 2 + 1];
-    const int64_t half = pb.stride / 2;
+void forward_row(const HeadArgs<scalar_t>& args, RowScratch<scalar_t>& s, int64_t n,
+                 int64_t b, int64_t y) {
+  const MaskHeadLayout& L = *args.layout;
+  const int64_t W = args.W;
+  const scalar_t* p = args.params + n * L.num_params;
+  if (args.rel_coords) {
+    const scalar_t inv_soi = scalar_t(1) / args.soi[n];
+    const scalar_t lx = args.locations[n * 2], ly = args.locations[n * 2 + 1];
+    const int64_t half = args.stride / 2;
     scalar_t* rx = s.acts[0].data();
     scalar_t* ry = rx + W;
-    const scalar_t ry_value = (ly - static_cast<scalar_t>(y * pb.stride + half)) * inv_soi;
+    const scalar_t ry_value = (ly - static_cast<scalar_t>(y * args.stride + half)) * inv_soi;
     for (int64_t x = 0; x < W; ++x) {
-      rx[x] = (lx - static_cast<scalar_t>(x * pb.stride + half)) * inv_soi;
+      rx[x] = (lx - static_cast<scalar_t>(x * args.stride + half)) * inv_soi;
       ry[x] = ry_value;
     }
   }
   for (int64_t l = 0; l < L.num_layers; ++l) {
     const int64_t in = L.in(l), out = L.out(l);
-    const scalar_t* w = p + L.weight_offset[l];
-    const scalar_t* bias = p + L.bias_offset[l];
+    const scalar_t* w = p + L.weight_offset(l);
+    const scalar_t* bias = p + L.bias_offset(l);
     const bool last = l == L.num_layers - 1;
     scalar_t* dst = last ? s.out.data() : s.acts[l + 1].data();
     for (int64_t o = 0; o < out; ++o) {
@@ -166,7 +167,7 @@ void forward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, int64
       const scalar_t bo = bias[o];
       for (int64_t x = 0; x < W; ++x) d[x] = bo;
       for (int64_t i = 0; i < in; ++i) {
-        const scalar_t* src = l == 0 ? layer0_row(pb, s, b, y, i) : s.acts[l].data() + i * W;
+        const scalar_t* src = l == 0 ? layer0_input(args, s, b, y, i) : s.acts[l].data() + i * W;
         const scalar_t wi = w[o * in + i];
         for (int64_t x = 0; x < W; ++x) d[x] += wi * src[x];
       }
@@ -178,13 +179,14 @@ void forward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, int64
 }
 
 template <typename scalar_t>
-void forward_kernel(const HeadProblem<scalar_t>& pb, int64_t N, scalar_t* logits) {
-  const int64_t H = pb.H, W = pb.W;
+void dynamic_mask_head_forward_kernel(const HeadArgs<scalar_t>& args, int64_t N,
+                                      scalar_t* logits) {
+  const int64_t H = args.H, W = args.W;
   at::parallel_for(0, N * H, 4, [&](int64_t begin, int64_t end) {
-    RowScratch<scalar_t> s(*pb.layout, W);
+    RowScratch<scalar_t> s(*args.layout, W);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / H, y = item % H;
-      forward_row(pb, s, n, pb.image_of(n), y);
+      forward_row(args, s, n, args.image_of(n), y);
       std::copy(s.out.begin(), s.out.end(), logits + item * W);
     }
   });
@@ -193,23 +195,23 @@ void forward_kernel(const HeadProblem<scalar_t>& pb, int64_t N, scalar_t* logits
 // Backward of one row: recompute, then walk the layers down. grad_params_row is [P] (added to),
 // grad_feats is the running thread's [B, Cf, H, W] copy (added to).
 template <typename scalar_t>
-void backward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, const scalar_t* g_out,
-                  int64_t n, int64_t b, int64_t y, scalar_t* grad_params_row,
-                  scalar_t* grad_feats) {
-  const MaskHeadLayout& L = *pb.layout;
-  const int64_t W = pb.W;
-  const scalar_t* p = pb.params + n * L.num_params;
-  forward_row(pb, s, n, b, y);
+void backward_row(const HeadArgs<scalar_t>& args, RowScratch<scalar_t>& s,
+                  const scalar_t* g_out, int64_t n, int64_t b, int64_t y,
+                  scalar_t* grad_params_row, scalar_t* grad_feats) {
+  const MaskHeadLayout& L = *args.layout;
+  const int64_t W = args.W;
+  const scalar_t* p = args.params + n * L.num_params;
+  forward_row(args, s, n, b, y);
   std::copy(g_out, g_out + W, s.grad.begin());
   for (int64_t l = L.num_layers - 1; l >= 0; --l) {
     const int64_t in = L.in(l), out = L.out(l);
-    const scalar_t* w = p + L.weight_offset[l];
-    scalar_t* gw = grad_params_row + L.weight_offset[l];
-    scalar_t* gb = grad_params_row + L.bias_offset[l];
+    const scalar_t* w = p + L.weight_offset(l);
+    scalar_t* gw = grad_params_row + L.weight_offset(l);
+    scalar_t* gb = grad_params_row + L.bias_offset(l);
     const scalar_t* g = s.grad.data();
     const scalar_t** rows = s.rows.data();
     for (int64_t i = 0; i < in; ++i) {
-      rows[i] = l == 0 ? layer0_row(pb, s, b, y, i) : s.acts[l].data() + i * W;
+      rows[i] = l == 0 ? layer0_input(args, s, b, y, i) : s.acts[l].data() + i * W;
     }
     weight_grad_row(g, rows, in, out, W, gw, gb);
     if (l > 0) {
@@ -229,9 +231,9 @@ void backward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, cons
       }
       std::swap(s.grad, s.grad_prev);
     } else {
-      const int64_t first_feat = pb.rel_coords ? 2 : 0;
-      for (int64_t c = 0; c < pb.Cf; ++c) {
-        scalar_t* gf = grad_feats + ((b * pb.Cf + c) * pb.H + y) * W;
+      const int64_t first_feat = args.rel_coords ? 2 : 0;
+      for (int64_t c = 0; c < args.Cf; ++c) {
+        scalar_t* gf = grad_feats + ((b * args.Cf + c) * args.H + y) * W;
         for (int64_t o = 0; o < out; ++o) {
           const scalar_t wi = w[o * in + first_feat + c];
           const scalar_t* go = g + o * W;
@@ -243,45 +245,47 @@ void backward_row(const HeadProblem<scalar_t>& pb, RowScratch<scalar_t>& s, cons
 }
 
 template <typename scalar_t>
-void backward_kernel(const HeadProblem<scalar_t>& pb, int64_t N, const scalar_t* grad,
-                     int64_t row_blocks, scalar_t* grad_params_partial, scalar_t* grad_feats_copies) {
-  const int64_t H = pb.H, W = pb.W, P = pb.layout->num_params;
-  const int64_t feats_numel = pb.B * pb.Cf * H * W;
+void dynamic_mask_head_backward_kernel(const HeadArgs<scalar_t>& args, int64_t N,
+                                       const scalar_t* grad, int64_t row_blocks,
+                                       scalar_t* grad_params_partial,
+                                       scalar_t* grad_feats_copies) {
+  const int64_t H = args.H, W = args.W, P = args.layout->num_params;
+  const int64_t feats_numel = args.B * args.Cf * H * W;
   const int64_t rows_per_block = (H + row_blocks - 1) / row_blocks;
   at::parallel_for(0, N * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    RowScratch<scalar_t> s(*pb.layout, W);
+    RowScratch<scalar_t> s(*args.layout, W);
     scalar_t* grad_feats = grad_feats_copies + at::get_thread_num() * feats_numel;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / row_blocks, block = item % row_blocks;
-      const int64_t b = pb.image_of(n);
+      const int64_t b = args.image_of(n);
       scalar_t* gp = grad_params_partial + item * P;
       const int64_t y_end = std::min(H, (block + 1) * rows_per_block);
       for (int64_t y = block * rows_per_block; y < y_end; ++y) {
-        backward_row(pb, s, grad + (n * H + y) * W, n, b, y, gp, grad_feats);
+        backward_row(args, s, grad + (n * H + y) * W, n, b, y, gp, grad_feats);
       }
     }
   });
 }
 
 template <typename scalar_t>
-HeadProblem<scalar_t> make_problem(const at::Tensor& feats, const at::Tensor& params,
-                                   const at::Tensor& im_inds, const at::Tensor& locations,
-                                   const at::Tensor& soi, int64_t stride, bool rel_coords,
-                                   const MaskHeadLayout& layout) {
-  HeadProblem<scalar_t> pb;
-  pb.feats = feats.data_ptr<scalar_t>();
-  pb.params = params.data_ptr<scalar_t>();
-  pb.im_inds = im_inds.data_ptr<int64_t>();
-  pb.locations = locations.data_ptr<scalar_t>();
-  pb.soi = soi.data_ptr<scalar_t>();
-  pb.B = feats.size(0);
-  pb.Cf = feats.size(1);
-  pb.H = feats.size(2);
-  pb.W = feats.size(3);
-  pb.stride = stride;
-  pb.rel_coords = rel_coords;
-  pb.layout = &layout;
-  return pb;
+HeadArgs<scalar_t> make_args(const at::Tensor& feats, const at::Tensor& params,
+                             const at::Tensor& im_inds, const at::Tensor& locations,
+                             const at::Tensor& soi, int64_t stride, bool rel_coords,
+                             const MaskHeadLayout& layout) {
+  HeadArgs<scalar_t> args;
+  args.feats = feats.data_ptr<scalar_t>();
+  args.params = params.data_ptr<scalar_t>();
+  args.im_inds = im_inds.data_ptr<int64_t>();
+  args.locations = locations.data_ptr<scalar_t>();
+  args.soi = soi.data_ptr<scalar_t>();
+  args.B = feats.size(0);
+  args.Cf = feats.size(1);
+  args.H = feats.size(2);
+  args.W = feats.size(3);
+  args.stride = stride;
+  args.rel_coords = rel_coords;
+  args.layout = &layout;
+  return args;
 }
 
 struct Inputs {
@@ -314,9 +318,9 @@ at::Tensor dynamic_mask_head_cpu(const at::Tensor& mask_feats, const at::Tensor&
   auto logits = at::empty({N, 1, H, W}, in.feats.options());
   if (logits.numel() == 0) return logits.to(mask_feats.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(in.feats.scalar_type(), "dynamic_mask_head_cpu", [&] {
-    const auto pb = make_problem<scalar_t>(in.feats, in.params, in.im_inds, in.locations, in.soi,
-                                           mask_stride, rel_coords, layout);
-    forward_kernel<scalar_t>(pb, N, logits.data_ptr<scalar_t>());
+    const auto args = make_args<scalar_t>(in.feats, in.params, in.im_inds, in.locations, in.soi,
+                                          mask_stride, rel_coords, layout);
+    dynamic_mask_head_forward_kernel<scalar_t>(args, N, logits.data_ptr<scalar_t>());
   });
   return logits.to(mask_feats.scalar_type());
 }
@@ -348,11 +352,11 @@ std::tuple<at::Tensor, at::Tensor> dynamic_mask_head_backward_cpu(
   auto grad_params_partial = at::zeros({N, row_blocks, layout.num_params}, in.params.options());
   auto grad_feats_copies = at::zeros({threads, B, Cf, H, W}, in.feats.options());
   AT_DISPATCH_FLOATING_TYPES(in.feats.scalar_type(), "dynamic_mask_head_backward_cpu", [&] {
-    const auto pb = make_problem<scalar_t>(in.feats, in.params, in.im_inds, in.locations, in.soi,
-                                           mask_stride, rel_coords, layout);
-    backward_kernel<scalar_t>(pb, N, g.data_ptr<scalar_t>(), row_blocks,
-                              grad_params_partial.data_ptr<scalar_t>(),
-                              grad_feats_copies.data_ptr<scalar_t>());
+    const auto args = make_args<scalar_t>(in.feats, in.params, in.im_inds, in.locations, in.soi,
+                                          mask_stride, rel_coords, layout);
+    dynamic_mask_head_backward_kernel<scalar_t>(args, N, g.data_ptr<scalar_t>(), row_blocks,
+                                                grad_params_partial.data_ptr<scalar_t>(),
+                                                grad_feats_copies.data_ptr<scalar_t>());
   });
   auto grad_feats = threads == 1 ? grad_feats_copies[0] : grad_feats_copies.sum(0);
   auto grad_params = row_blocks == 1 ? grad_params_partial.select(1, 0).contiguous()

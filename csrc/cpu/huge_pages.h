@@ -1,11 +1,10 @@
 // Large CPU outputs: ask Linux for transparent huge pages before the first write.
 //
 // A tensor of tens of MB comes straight from mmap and is freed back to the kernel, so every call
-// pays one page fault per 4 KiB on first touch; on the 2-core machines this project is tested on
-// that costs more than the arithmetic of a memory-bound kernel (e.g. 62 MB of aligned_upsample
-// output: ~39 ms of faults vs ~9 ms with 2 MiB pages). Where THP is in "madvise" mode, an
-// madvise(MADV_HUGEPAGE) on the untouched buffer turns that into one fault per 2 MiB. It is
-// advice only: without THP, or elsewhere than Linux, nothing changes.
+// pays one page fault per 4 KiB on first touch, which can cost more than the arithmetic of a
+// memory-bound kernel (figures: benchmarks/README.md, "Measurements behind csrc design choices").
+// Where THP is in "madvise" mode, an madvise(MADV_HUGEPAGE) on the untouched buffer turns that
+// into one fault per 2 MiB. Advice only: without THP, or elsewhere than Linux, nothing changes.
 #pragma once
 
 #include <ATen/core/Tensor.h>

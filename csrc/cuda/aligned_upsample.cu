@@ -10,7 +10,7 @@
 
 #include "compat.h"
 
-#include "condinst_ops.h"
+#include "aligned_upsample.h"
 
 namespace idip {
 namespace {

@@ -13,7 +13,7 @@
 
 #include <limits>
 
-#include "box_ops.h"
+#include "box_diffusion.h"
 
 namespace idip {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "compat.h"
 
-#include "box_ops.h"
+#include "box_diffusion.h"
 
 namespace idip {
 namespace {

@@ -19,7 +19,7 @@
 
 #include "compat.h"
 
-#include "condinst_ops.h"
+#include "dynamic_mask_head.h"
 
 namespace idip {
 namespace {
@@ -27,16 +27,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxGridY = 65535;
 
-// What a kernel needs to know of the network (offsets follow MaskHeadLayout).
-struct Net {
-  int in0, channels, num_layers, num_params, weights_total;
-  __device__ __forceinline__ int in(int l) const { return l == 0 ? in0 : channels; }
-  __device__ __forceinline__ int out(int l) const { return l == num_layers - 1 ? 1 : channels; }
-  __device__ __forceinline__ int weight_offset(int l) const {
-    return l == 0 ? 0 : in0 * out(0) + (l - 1) * channels * channels;
-  }
-  __device__ __forceinline__ int bias_offset(int l) const { return weights_total + l * channels; }
-};
+// What a kernel needs to know of the network: an int copy of the host's MaskHeadLayout.
+using Net = MaskHeadLayoutOf<int>;
 
 template <typename scalar_t>
 struct HeadArgs {
@@ -303,10 +295,7 @@ HeadArgs<scalar_t> make_args(const Prepared& p, int64_t mask_stride, bool rel_co
   a.W = p.feats.size(3);
   a.stride = mask_stride;
   a.rel_coords = rel_coords;
-  const MaskHeadLayout& L = p.layout;
-  a.net = Net{static_cast<int>(L.in0), static_cast<int>(L.channels),
-              static_cast<int>(L.num_layers), static_cast<int>(L.num_params),
-              static_cast<int>(L.bias_offset[0])};
+  a.net = p.layout.as<int>();
   return a;
 }
 

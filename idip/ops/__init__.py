@@ -16,7 +16,12 @@ from ._extension import (
 from .aligned_upsample import aligned_upsample
 from .box_ddim_step import box_ddim_step
 from .box_q_sample import box_q_sample
-from .dynamic_mask_head import dynamic_mask_head, dynamic_mask_head_num_params
+from .dynamic_mask_head import (
+    dynamic_mask_head,
+    dynamic_mask_head_num_params,
+    dynamic_mask_head_param_counts,
+    split_dynamic_mask_head_params,
+)
 from .multilevel_roi_align import multilevel_roi_align
 from .nms import batched_nms, nms
 from .roi_align import roi_align
@@ -34,6 +39,8 @@ __all__ = [
     "aligned_upsample",
     "dynamic_mask_head",
     "dynamic_mask_head_num_params",
+    "dynamic_mask_head_param_counts",
+    "split_dynamic_mask_head_params",
     "box_q_sample",
     "box_ddim_step",
 ]

@@ -8,25 +8,80 @@ from torch import Tensor
 from . import _extension
 
 
-def dynamic_mask_head_num_params(
-    in_channels: int, channels: int = 8, num_layers: int = 3, rel_coords: bool = True
-) -> int:
-    """Number P of dynamic parameters per instance (what CondInst's controller predicts).
+def dynamic_mask_head_param_counts(
+    in_channels: int, channels: int, num_layers: int, rel_coords: bool = True
+) -> tuple[list[int], list[int]]:
+    """Sizes of the weight and bias blocks of the per-instance network (CondInst's layout).
 
     Layer l maps in_l -> out_l with in_0 = in_channels (+2 with relative coordinates), in_l =
     channels otherwise, out_l = 1 for the last layer and channels otherwise (AdelaiDet's
-    convention); P = sum of in_l*out_l + out_l. 169 for 8 channels, 8 mask channels, 3 layers.
+    parse_dynamic_params). The one definition of the layout on the Python side; the kernels'
+    is ``MaskHeadLayout`` in ``csrc/dynamic_mask_head.h``.
+
+    Returns:
+        (weight_nums, bias_nums): lists over layers of in_l*out_l and out_l. Their total is the
+        number of parameters per instance (169 for 8 mask channels, 8 channels, 3 layers).
+
+    Raises:
+        ValueError: num_layers < 1, channels < 1 or in_channels < 0.
     """
     if num_layers < 1 or channels < 1 or in_channels < 0:
         raise ValueError(
-            f"dynamic_mask_head: need num_layers >= 1 and channels >= 1, got {num_layers}, {channels}"
+            f"dynamic_mask_head: need num_layers >= 1, channels >= 1 and in_channels >= 0, got "
+            f"num_layers={num_layers}, channels={channels}, in_channels={in_channels}"
         )
-    total = 0
+    weight_nums, bias_nums = [], []
     for layer in range(num_layers):
-        fan_in = in_channels + (2 if rel_coords else 0) if layer == 0 else channels
+        fan_in = (in_channels + 2 if rel_coords else in_channels) if layer == 0 else channels
         fan_out = 1 if layer == num_layers - 1 else channels
-        total += fan_in * fan_out + fan_out
-    return total
+        weight_nums.append(fan_in * fan_out)
+        bias_nums.append(fan_out)
+    return weight_nums, bias_nums
+
+
+def split_dynamic_mask_head_params(
+    params: Tensor, in_channels: int, channels: int, num_layers: int, rel_coords: bool = True
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Views [N, P] per-instance parameters as per-layer weights and biases.
+
+    All weight blocks come first, then all bias blocks; layer l's weight block is [out_l, in_l]
+    row-major (sizes: :func:`dynamic_mask_head_param_counts`).
+
+    Returns:
+        (weights, biases): lists over layers of [N, out_l, in_l] and [N, out_l].
+
+    Raises:
+        ValueError: params is not [N, P] with the P of these sizes, or the sizes are invalid.
+    """
+    weight_nums, bias_nums = dynamic_mask_head_param_counts(
+        in_channels, channels, num_layers, rel_coords
+    )
+    num_params = sum(weight_nums) + sum(bias_nums)
+    if params.dim() != 2 or params.shape[1] != num_params:
+        raise ValueError(
+            f"dynamic_mask_head: params must be [N, {num_params}] for {in_channels} mask "
+            f"channels, channels={channels}, num_layers={num_layers}, rel_coords={rel_coords}; "
+            f"got {tuple(params.shape)}"
+        )
+    blocks = torch.split(params, weight_nums + bias_nums, dim=1)
+    n = params.shape[0]
+    weights = [
+        w.reshape(n, fan_out, size // fan_out)
+        for w, size, fan_out in zip(blocks[:num_layers], weight_nums, bias_nums)
+    ]
+    return weights, list(blocks[num_layers:])
+
+
+def dynamic_mask_head_num_params(
+    in_channels: int, channels: int = 8, num_layers: int = 3, rel_coords: bool = True
+) -> int:
+    """Number P of dynamic parameters per instance (what CondInst's controller predicts): the
+    total of :func:`dynamic_mask_head_param_counts`. 169 for 8 channels, 8 mask channels, 3
+    layers."""
+    weight_nums, bias_nums = dynamic_mask_head_param_counts(
+        in_channels, channels, num_layers, rel_coords
+    )
+    return sum(weight_nums) + sum(bias_nums)
 
 
 def dynamic_mask_head(

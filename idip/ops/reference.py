@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dynamic_mask_head import split_dynamic_mask_head_params
+
 # ================================================================================================
 # RoIAlign and NMS (ops 1-3)
 # ================================================================================================
@@ -238,17 +240,6 @@ def aligned_upsample(x: Tensor, factor: int) -> Tensor:
     return x[:, :, : oh - 1, : ow - 1]
 
 
-def _dynamic_param_sizes(in0: int, channels: int, num_layers: int) -> tuple[list[int], list[int]]:
-    """AdelaiDet's weight_nums and bias_nums of the per-instance network."""
-    weight_nums, bias_nums = [], []
-    for layer in range(num_layers):
-        fan_in = in0 if layer == 0 else channels
-        fan_out = 1 if layer == num_layers - 1 else channels
-        weight_nums.append(fan_in * fan_out)
-        bias_nums.append(fan_out)
-    return weight_nums, bias_nums
-
-
 def dynamic_mask_head(
     mask_feats: Tensor,
     params: Tensor,
@@ -281,14 +272,9 @@ def dynamic_mask_head(
         [N, 1, H, W] mask logits.
     """
     B, C, H, W = mask_feats.shape
+    weights, biases = split_dynamic_mask_head_params(params, C, channels, num_layers, rel_coords)
     N = params.shape[0]
     in0 = C + 2 if rel_coords else C
-    weight_nums, bias_nums = _dynamic_param_sizes(in0, channels, num_layers)
-    if params.dim() != 2 or params.shape[1] != sum(weight_nums) + sum(bias_nums):
-        raise ValueError(
-            f"dynamic_mask_head: params must be [N, {sum(weight_nums) + sum(bias_nums)}], "
-            f"got {tuple(params.shape)}"
-        )
     if N == 0:
         # Connected to both inputs so that their gradients are (empty-sum) zeros.
         return mask_feats.new_zeros((0, 1, H, W)) + 0 * (mask_feats.sum() + params.sum())
@@ -303,11 +289,10 @@ def dynamic_mask_head(
         rel = rel.permute(0, 2, 1) / soi.to(coord_dtype).reshape(-1, 1, 1)
         x = torch.cat([rel.to(mask_feats.dtype), x], dim=1)
     x = x.reshape(1, N * in0, H, W)
-    splits = torch.split_with_sizes(params, weight_nums + bias_nums, dim=1)
     for layer in range(num_layers):
-        fan_out = bias_nums[layer]
-        weight = splits[layer].reshape(N * fan_out, -1, 1, 1)
-        bias = splits[num_layers + layer].reshape(N * fan_out)
+        _, fan_out, fan_in = weights[layer].shape
+        weight = weights[layer].reshape(N * fan_out, fan_in, 1, 1)
+        bias = biases[layer].reshape(N * fan_out)
         x = F.conv2d(x, weight, bias=bias, stride=1, padding=0, groups=N)
         if layer < num_layers - 1:
             x = F.relu(x)
@@ -320,7 +305,8 @@ def dynamic_mask_head(
 
 
 def box_to_abs(x: Tensor, image_size: Tensor) -> Tensor:
-    """to_abs of DESIGN.md: [B, N, 4] normalised cxcywh in [-1, 1] -> [B, N, 4] absolute xyxy.
+    """to_abs of the op contract (docs/design.md): [B, N, 4] normalised cxcywh in [-1, 1] ->
+    [B, N, 4] absolute xyxy.
 
     ``image_size`` is [B, 4] (w, h, w, h).
     """

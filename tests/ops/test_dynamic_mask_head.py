@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from idip.ops import dynamic_mask_head, dynamic_mask_head_num_params
+from idip.ops import (
+    dynamic_mask_head,
+    dynamic_mask_head_num_params,
+    dynamic_mask_head_param_counts,
+    split_dynamic_mask_head_params,
+)
 from idip.ops import reference as ref
 
 from ..conftest import CUDA_DEVICES, EMULATED_CUDA, OP_DEVICES, op_library
@@ -150,6 +155,38 @@ def test_no_instances(device):
 def test_num_params_matches_condinst():
     assert dynamic_mask_head_num_params(8) == 169
     assert dynamic_mask_head_num_params(8, rel_coords=False) == 153
+
+
+def test_param_counts_follow_condinst_layout():
+    assert dynamic_mask_head_param_counts(8, 8, 3) == ([80, 64, 8], [8, 8, 1])
+    assert dynamic_mask_head_param_counts(8, 8, 3, rel_coords=False) == ([64, 64, 8], [8, 8, 1])
+    assert dynamic_mask_head_param_counts(8, 16, 2) == ([160, 16], [16, 1])
+    assert dynamic_mask_head_param_counts(3, 8, 1) == ([5], [1])
+    for bad in [(8, 8, 0), (8, 0, 3), (-1, 8, 3)]:
+        with pytest.raises(ValueError, match="num_layers >= 1, channels >= 1"):
+            dynamic_mask_head_param_counts(*bad)
+    with pytest.raises(ValueError, match="num_layers >= 1"):
+        dynamic_mask_head_num_params(8, num_layers=0)
+
+
+def test_split_params_weights_first_then_biases_row_major():
+    params = torch.arange(2 * 169, dtype=torch.float32).reshape(2, 169)
+    weights, biases = split_dynamic_mask_head_params(params, 8, 8, 3)
+    assert [w.shape for w in weights] == [(2, 8, 10), (2, 8, 8), (2, 1, 8)]
+    assert [b.shape for b in biases] == [(2, 8), (2, 8), (2, 1)]
+    assert weights[0][0, 1, 2].item() == 12  # layer 0, out 1, in 2: 1 * 10 + 2
+    assert weights[1][0, 0, 0].item() == 80
+    assert weights[2][1, 0, 7].item() == 169 + 80 + 64 + 7
+    assert biases[0][0, 0].item() == 152
+    assert biases[2][0, 0].item() == 168
+    weights, biases = split_dynamic_mask_head_params(params[:, :153], 8, 8, 3, rel_coords=False)
+    assert weights[0].shape == (2, 8, 8) and biases[2][1, 0].item() == 169 + 152
+    with pytest.raises(ValueError, match=r"params must be \[N, 169\]"):
+        split_dynamic_mask_head_params(torch.zeros(2, 168), 8, 8, 3)
+    with pytest.raises(ValueError, match=r"params must be \[N, 169\]"):
+        split_dynamic_mask_head_params(torch.zeros(169), 8, 8, 3)
+    with pytest.raises(ValueError, match="num_layers >= 1"):
+        split_dynamic_mask_head_params(torch.zeros(2, 0), 8, 8, 0)
 
 
 def test_hand_computed_pixel():

@@ -6,7 +6,7 @@ import torch
 import idip.ops
 from idip.ops import _extension
 
-# Every op of DESIGN.md's contract that has landed in idip._C.
+# Every op of the contract (docs/design.md) that has landed in idip._C.
 REGISTERED_OPS = [
     "box_q_sample",
     "box_ddim_step",

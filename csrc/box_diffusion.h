@@ -1,4 +1,5 @@
-// Box helpers shared by the CPU and CUDA diffusion kernels (host and device).
+// Diffusion box helpers shared by the CPU and CUDA kernels of box_q_sample and box_ddim_step:
+// the box transforms (host and device), the DDIM coefficients and the argument checks.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -6,16 +7,12 @@
 #include <cmath>
 #include <utility>
 
-#if defined(__CUDACC__)
-#define IDIP_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define IDIP_HOST_DEVICE inline
-#endif
+#include "macros.h"
 
 namespace idip {
 
-// Boxes per CPU task: a box costs a few dozen flops, so smaller batches (the usual 16 x 300) run
-// on one thread; waking an OpenMP team costs more than the work, and far more on a busy machine.
+// Boxes per CPU task: smaller batches (the usual 16 x 300) stay on one thread, since waking an
+// OpenMP team costs more than their few dozen flops a box (see benchmarks/README.md).
 constexpr int64_t kCpuBoxesPerTask = 16384;
 
 template <typename T>
@@ -23,7 +20,8 @@ IDIP_HOST_DEVICE T clamp01(T v) {
   return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
 }
 
-// to_abs of DESIGN.md: x (normalised cxcywh in [-1, 1]) -> absolute xyxy in the image.
+// to_abs of the op contract (docs/design.md): x (normalised cxcywh in [-1, 1]) -> absolute xyxy
+// in the image.
 // clamp((x+1)/2, 0, 1); w, h >= 1e-4; cxcywh -> xyxy; clip to [0, 1]; times (w, h, w, h).
 template <typename T, typename S>
 IDIP_HOST_DEVICE void box_to_abs(const T x[4], const S* image_size, S* out) {
