@@ -18,8 +18,9 @@ from typing import Sequence
 from idip.config import ConfigError, setup_cfg
 from idip.engine.checkpoint import load_weights
 from idip.engine.cli import add_config_arguments, run_cli
-from idip.engine.distributed import get_rank, init_distributed, is_main_process
-from idip.engine.evaluate import evaluate_datasets, format_ap_table
+from idip.utils.distributed import get_rank, init_distributed, is_main_process
+from idip.engine.evaluate import evaluate_datasets
+from idip.evaluation import format_ap_table
 from idip.engine.logger import setup_logger
 from idip.engine.runtime import configure_torch
 from idip.modeling.build import build_model, resolve_device

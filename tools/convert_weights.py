@@ -17,12 +17,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from idip.config import ConfigError  # noqa: E402
-from idip.engine.checkpoint import (  # noqa: E402
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    atomic_torch_save,
-    read_checkpoint,
-)
+from idip.engine.checkpoint import CHECKPOINT_FORMAT  # noqa: E402
+from idip.utils.checkpoint_file import CheckpointError, read_checkpoint  # noqa: E402
+from idip.utils.file_io import atomic_torch_save  # noqa: E402
 from idip.modeling.authors_checkpoints import (  # noqa: E402
     convert_authors_checkpoint,
     unwrap_state_dict,

@@ -52,7 +52,6 @@ _C.MODEL.IDIP.NUM_PROPOSALS_TEST = 0
 _C.MODEL.IDIP.HIDDEN_DIM = 256  # proposal feature width (must equal the FPN channels)
 _C.MODEL.IDIP.NUM_HEADS = 6  # refinement stages of the dynamic head
 _C.MODEL.IDIP.DIM_DYNAMIC = 64  # inner width of DynamicConv's generated matrices
-_C.MODEL.IDIP.NUM_DYNAMIC = 2  # generated matrices per DynamicConv (Sparse R-CNN's; only 2 supported)
 _C.MODEL.IDIP.DIM_FEEDFORWARD = 2048  # hidden width of each stage's FFN
 _C.MODEL.IDIP.NHEADS = 8  # self-attention heads per stage
 _C.MODEL.IDIP.DROPOUT = 0.0  # dropout in the stages (0 in the authors' code)
@@ -118,7 +117,6 @@ _C.MODEL.FCOS.POS_RADIUS = 1.5  # centre-sampling radius in strides
 _C.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = True
 _C.MODEL.FCOS.LOSS_ALPHA = 0.25  # focal loss alpha
 _C.MODEL.FCOS.LOSS_GAMMA = 2.0  # focal loss gamma
-_C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"  # box loss on (l,t,r,b); only "giou"
 _C.MODEL.FCOS.INFERENCE_TH_TEST = 0.05  # score threshold before NMS
 _C.MODEL.FCOS.THRESH_WITH_CTR = False  # threshold class prob * centerness (True in Base-CondInst)
 _C.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000  # candidates kept per level before NMS
@@ -155,7 +153,6 @@ _C.INPUT.MIN_SIZE_TEST = 800  # short side at test time (0 disables resizing)
 _C.INPUT.MAX_SIZE_TEST = 1333  # cap on the long side at test time
 _C.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal" or "none"
 _C.INPUT.SIZE_DIVISIBILITY = 32  # batches are padded to a multiple of this
-_C.INPUT.MASK_FORMAT = "bitmask"  # instance masks are decoded to bitmasks on load
 
 # ------------------------------------------------------------------------------------------------
 # Datasets and loading
@@ -219,7 +216,8 @@ _C.TEST.DETECTIONS_PER_IMAGE = 100  # kept detections per image for evaluation
 # ------------------------------------------------------------------------------------------------
 _C.DDP = CN()
 _C.DDP.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (slower; for models with unused branches)
-_C.DDP.SYNC_BN = False  # convert every BatchNorm to SyncBatchNorm (also on when MODEL.RESNETS.NORM is "SyncBN"; CUDA only)
+# Convert every BatchNorm of the model to SyncBatchNorm (CUDA only); a norm "SyncBN" syncs its own.
+_C.DDP.SYNC_BN = False
 _C.DDP.BROADCAST_BUFFERS = False  # DDP broadcast_buffers (rank 0's buffers sent every step)
 _C.SOLVER.CHECKPOINT_MAX_KEEP = 0  # periodic checkpoints kept on disk (0: all); model_final.pth is always kept
 
@@ -231,7 +229,6 @@ _C.SEED = -1  # global seed; < 0 picks one at random (and logs it)
 _C.CUDNN_BENCHMARK = False  # torch.backends.cudnn.benchmark
 _C.DETERMINISTIC = False  # torch.use_deterministic_algorithms (slower; for exact resumes)
 _C.LOG_PERIOD = 20  # iterations between log lines
-_C.VERSION = 1  # config format version
 
 
 def get_cfg() -> CN:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from ..utils.file_io import atomic_write_text
 from .config import CfgNode, ConfigError
 from .defaults import get_cfg
 
@@ -34,8 +35,5 @@ def dump_cfg(cfg: CfgNode) -> str:
     except OSError as err:
         raise ConfigError(f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' cannot be created: {err.strerror}") from None
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
-    os.replace(tmp, path)
+    atomic_write_text(path, cfg.dump())
     return path

@@ -1,12 +1,10 @@
 """idip.data: COCO-format datasets, the synthetic `shapes` dataset, augmentation and loaders."""
 
-from .batching import batch_images
 from .build import build_test_loader, build_train_loader, train_batch_size_per_rank
 from .datasets import DatasetInfo, get_dataset, register_coco_dataset, register_from_cfg
 
 __all__ = [
     "DatasetInfo",
-    "batch_images",
     "build_test_loader",
     "build_train_loader",
     "get_dataset",

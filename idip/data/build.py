@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError
-from ..engine.distributed import get_rank, get_world_size
+from ..utils.distributed import get_rank, get_world_size
 from .coco import filter_empty_annotations, load_coco_json
 from .datasets import get_dataset, register_from_cfg
 from .errors import DatasetError
@@ -42,16 +42,16 @@ def grad_accum_steps(cfg) -> int:
 
 
 def train_batch_size_per_rank(cfg) -> int:
-    """Images per forward pass on one rank: IMS_PER_BATCH / world_size / accumulation steps.
+    """Images per forward pass on one rank: SOLVER.IMS_PER_BATCH / world size / accumulation steps.
 
     Raises:
-        ValueError: SOLVER.IMS_PER_BATCH is not a multiple of world_size * accumulation steps.
+        ConfigError: SOLVER.IMS_PER_BATCH does not split evenly over the ranks and steps.
     """
     total, world, steps = int(cfg.SOLVER.IMS_PER_BATCH), get_world_size(), grad_accum_steps(cfg)
-    if total <= 0 or total % (world * steps) != 0:
+    if total <= 0 or total % (world * steps):
         raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of world_size ({world}) x "
-            f"SOLVER.GRAD_ACCUM_STEPS ({steps}) = {world * steps}"
+            f"config key 'SOLVER.IMS_PER_BATCH' is {total}, which does not split evenly over "
+            f"{world} process(es) x {steps} accumulation step(s) (SOLVER.GRAD_ACCUM_STEPS)"
         )
     return total // (world * steps)
 

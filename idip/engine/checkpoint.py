@@ -15,11 +15,10 @@ A checkpoint is a dict loadable with ``torch.load(weights_only=True)``::
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,18 +29,17 @@ from ..modeling.authors_checkpoints import (
     convert_authors_checkpoint,
     unwrap_state_dict,
 )
+from ..modeling.backbone.weights import load_backbone_weights
+from ..utils.checkpoint_file import CheckpointError, read_checkpoint
+from ..utils.file_io import atomic_torch_save, atomic_write_text
 
 CHECKPOINT_FORMAT = "idip-checkpoint-v1"
 LAST_CHECKPOINT = "last_checkpoint"
 _PERIODIC_NAME = re.compile(r"^model_(\d{7})\.pth$")
-# Temporary files of atomic_write for this folder's checkpoints: ".{target}.tmp.{pid}".
+# Temporary files of idip.utils.file_io.atomic_write for this folder's checkpoints: ".{target}.tmp.{pid}".
 _TEMPORARY_NAME = re.compile(r"^\.(model_\d{7}\.pth|model_final\.pth|last_checkpoint)\.tmp\.(\d+)$")
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file is missing, corrupt or does not fit the model."""
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -51,64 +49,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic file writes
-# ---------------------------------------------------------------------------------------------
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Writes ``path`` through ``write(file)`` into a temporary sibling, fsyncs it and renames it.
-
-    On any exception (or interruption) the temporary file is removed and ``path`` is untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that never leaves a partially written ``path``."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files
-# ---------------------------------------------------------------------------------------------
-def read_checkpoint(path: str) -> dict:
-    """Loads a .pth file with ``weights_only=True`` onto the CPU; clear errors name the path."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - garbage bytes fail in many ways (IndexError, KeyError, ...)
-        reason = f"{type(err).__name__}: " + " ".join(str(err).split())[:300]
-        raise CheckpointError(f"checkpoint file {path} is corrupt or not a torch checkpoint: {reason}") from None
+def _read_dict(path: str) -> dict:
+    data = read_checkpoint(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint file {path} holds a {type(data).__name__}, not a dict")
     return data
@@ -168,7 +110,7 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) 
         raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
     data = None
     if not path.endswith(".pkl"):
-        data = read_checkpoint(path)
+        data = _read_dict(path)
         authors_state = unwrap_state_dict(data)
         if authors_state is not None:
             conversion = convert_authors_checkpoint(authors_state)
@@ -194,21 +136,8 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) 
             return f"loaded {stored} weights from {path} (iteration {data.get('iteration')})"
         if "model" in data and isinstance(data["model"], dict) and "meta_architecture" in data:
             raise CheckpointError(f"checkpoint {path} has an unknown format {data.get('format')!r}")
-    try:
-        from ..modeling import backbone as backbone_pkg
-        load_backbone_weights = backbone_pkg.load_backbone_weights
-    except (ImportError, AttributeError):
-        raise CheckpointError(
-            f"{path} is not a full IDIP checkpoint and idip.modeling.backbone.load_backbone_weights "
-            "is not available to load it as backbone weights"
-        ) from None
     # The backbone loader finds the ResNet (and FPN) inside the whole model.
-    try:
-        report = load_backbone_weights(unwrap_model(model), path)
-    except RuntimeError as err:
-        if type(err).__name__ == "CheckpointError":  # the backbone loader's own error class
-            raise CheckpointError(str(err)) from None
-        raise
+    report = load_backbone_weights(unwrap_model(model), path)
     return f"loaded backbone weights from {path}: {report}"
 
 
@@ -255,6 +184,27 @@ def _check_required_settings(data: dict, cfg, path: str) -> None:
                             meta_architecture=str(data.get("meta_architecture")),
                             settings=dict(data["required_settings"]))
     check_settings(conversion, cfg, path)
+
+
+def find_last_checkpoint(output_dir: str) -> str | None:
+    """The file named by ``output_dir/last_checkpoint``, or None when there is no such file.
+
+    Raises:
+        CheckpointError: ``last_checkpoint`` is empty or names something outside the folder.
+    """
+    marker = os.path.join(output_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        name = f.read().strip()
+    if not name:
+        raise CheckpointError(f"{marker} is empty; delete it to start from scratch")
+    if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
+        raise CheckpointError(
+            f"{marker} names '{name}', which is not a file in OUTPUT_DIR: it must name one "
+            "of this folder's checkpoints (e.g. model_final.pth)"
+        )
+    return os.path.join(output_dir, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,19 +302,7 @@ class Checkpointer:
     # --- reading ---------------------------------------------------------------------------
     def last_checkpoint_path(self) -> str | None:
         """The file named by ``OUTPUT_DIR/last_checkpoint``, or None when there is no such file."""
-        marker = os.path.join(self.output_dir, LAST_CHECKPOINT)
-        if not os.path.isfile(marker):
-            return None
-        with open(marker, encoding="utf-8") as f:
-            name = f.read().strip()
-        if not name:
-            raise CheckpointError(f"{marker} is empty; delete it to start from scratch")
-        if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
-            raise CheckpointError(
-                f"{marker} names '{name}', which is not a file in OUTPUT_DIR: it must name one "
-                "of this folder's checkpoints (e.g. model_final.pth)"
-            )
-        return os.path.join(self.output_dir, name)
+        return find_last_checkpoint(self.output_dir)
 
     def load(self, path: str) -> dict:
         """Restores model, optimizer, scheduler and grad scaler from a full checkpoint.
@@ -372,7 +310,7 @@ class Checkpointer:
         Returns:
             The checkpoint dict (``iteration``, ``rng_states``, ``config`` ...).
         """
-        data = read_checkpoint(path)
+        data = _read_dict(path)
         if not is_full_checkpoint(data):
             raise CheckpointError(f"{path} is not a training checkpoint written by idip.engine")
         stored = data.get("meta_architecture")
@@ -387,14 +325,7 @@ class Checkpointer:
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"optimizer state in {path} does not fit this run: {err}") from None
         if self.scheduler is not None and data.get("scheduler") is not None:
-            # Only the position is restored: milestones, gamma and warmup come from the config.
-            sched = data["scheduler"]
-            self.scheduler.last_epoch = int(sched["last_epoch"])
-            self.scheduler._step_count = int(sched.get("_step_count", sched["last_epoch"] + 1))
-            lrs = self.scheduler.get_lr()
-            for group, lr in zip(self.scheduler.optimizer.param_groups, lrs):
-                group["lr"] = lr
-            self.scheduler._last_lr = list(lrs)
+            self.scheduler.load_state_dict(data["scheduler"])
         if self.grad_scaler is not None and data.get("grad_scaler"):
             self.grad_scaler.load_state_dict(data["grad_scaler"])
         return data

@@ -8,8 +8,11 @@ import sys
 from typing import Callable, Sequence
 
 from ..config import ConfigError
-from .checkpoint import CheckpointError
-from .distributed import destroy_distributed, synchronize
+from ..data.datasets import UnknownDatasetError
+from ..data.errors import DatasetError
+from ..data.image_io import ImageReadError, TooManyUnreadableImagesError
+from ..utils.checkpoint_file import CheckpointError
+from ..utils.distributed import destroy_distributed, synchronize
 
 # User errors: a bad config, a missing or unfitting weights file, a missing dataset file.
 # One line, exit code 2.
@@ -33,12 +36,6 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     evaluation, or more unreadable training images than DATALOADER.MAX_BAD_IMAGE_FRACTION allows
     (each message names the dataset or the files).
     """
-    # Imported here: idip.data imports idip.engine.distributed, so a module-level import would
-    # make `import idip.engine` depend on the data package's import order.
-    from ..data.datasets import UnknownDatasetError
-    from ..data.errors import DatasetError
-    from ..data.image_io import ImageReadError, TooManyUnreadableImagesError
-
     data_errors = (UnknownDatasetError, DatasetError, ImageReadError, TooManyUnreadableImagesError)
     try:
         code = int(main(argv) or 0)

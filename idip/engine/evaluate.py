@@ -9,29 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import build_test_loader
+from ..evaluation import COCOEvaluator, format_ap_table, inference_on_dataset
+from ..utils.distributed import is_main_process
 from .checkpoint import unwrap_model
-from .distributed import is_main_process
 from .runtime import check_num_classes
 from .seeding import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
-
-AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def format_ap_table(results: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table with one row per task ("bbox", "segm") and the standard AP columns."""
-    lines = ["task  | " + " | ".join(f"{c:>6}" for c in AP_COLUMNS), "------+-" + "-+-".join("-" * 6 for _ in AP_COLUMNS)]
-    for task, metrics in results.items():
-        if not isinstance(metrics, dict):
-            continue
-        cells = []
-        for column in AP_COLUMNS:
-            value = metrics.get(column)
-            cells.append(f"{value:6.2f}" if isinstance(value, (int, float)) else f"{'-':>6}")
-        lines.append(f"{task:<5} | " + " | ".join(cells))
-    return "\n".join(lines)
-
 
 def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[str, Any]:
     """Runs ``inference_on_dataset`` + ``COCOEvaluator`` on each of ``cfg.DATASETS.TEST``.
@@ -52,11 +37,8 @@ def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[st
     """
     if not cfg.DATASETS.TEST:
         return {}
-    from ..data import build_test_loader
-    from ..evaluation import COCOEvaluator, inference_on_dataset
-
-    check_num_classes(cfg, list(cfg.DATASETS.TEST))
     net = unwrap_model(model)
+    check_num_classes(net, cfg, list(cfg.DATASETS.TEST))
     was_training = net.training
     rng = capture_rng_state()
     results: dict[str, Any] = {}
@@ -74,13 +56,3 @@ def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[st
         net.train(was_training)
         restore_rng_state(rng)
     return results
-
-
-def evaluation_available() -> str | None:
-    """None when idip.data and idip.evaluation provide what evaluation needs, else the reason."""
-    try:
-        from ..data import build_test_loader  # noqa: F401
-        from ..evaluation import COCOEvaluator, inference_on_dataset  # noqa: F401
-    except ImportError as err:
-        return str(err)
-    return None

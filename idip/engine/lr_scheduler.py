@@ -67,6 +67,19 @@ class WarmupMultiStepLR(LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores the position (``last_epoch``) only, and sets every group's lr for it.
+
+        Milestones, gamma and warmup come from the config of the run that loads the state, so a
+        resumed run follows its own schedule from the iteration it continues at.
+        """
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = list(lrs)
+
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiStepLR:
     """The schedule of ``SOLVER.STEPS/GAMMA/WARMUP_*`` for ``optimizer``."""

@@ -36,10 +36,23 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def _parse(text: str | None) -> dict:
+    try:
+        parsed = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def stored_config_value(stored_text: str | None, key: str) -> Any:
+    """The value of dotted ``key`` in a checkpoint's config text; None when absent or unreadable."""
+    return _flatten(_parse(stored_text)).get(key)
+
+
 def config_differences(stored_text: str, current_text: str) -> list[tuple[str, Any, Any]]:
     """(key, checkpoint value, current value) for every key that differs (sorted by key)."""
-    stored = _flatten(yaml.safe_load(stored_text) or {})
-    current = _flatten(yaml.safe_load(current_text) or {})
+    stored = _flatten(_parse(stored_text))
+    current = _flatten(_parse(current_text))
     missing = object()
     diffs = []
     for key in sorted(set(stored) | set(current)):

@@ -1,4 +1,4 @@
-"""Process-level setup shared by train.py, eval.py and demo.py: torch flags, seeds, batch split."""
+"""Process-level setup shared by train.py, eval.py and demo.py: torch flags, seeds, class count."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 import platform
 
 import torch
+from torch import nn
 
 from ..config import ConfigError
-from .distributed import get_rank, get_world_size, shared_random_seed
+from ..data.datasets import get_dataset, register_from_cfg
+from ..utils.distributed import get_rank, get_world_size, shared_random_seed
 from .seeding import seed_all
 
 logger = logging.getLogger(__name__)
@@ -58,60 +60,26 @@ def seed_process(seed: int) -> None:
     seed_all(seed + get_rank())
 
 
-def grad_accum_steps(cfg) -> int:
-    """Forward/backward passes per optimizer step (``SOLVER.GRAD_ACCUM_STEPS``, 0 meaning 1)."""
-    steps = int(cfg.SOLVER.GRAD_ACCUM_STEPS)
-    if steps < 0:
-        raise ConfigError(f"config key 'SOLVER.GRAD_ACCUM_STEPS' must be >= 0, got {steps}")
-    return max(steps, 1)
-
-
-def check_batch_split(cfg) -> int:
-    """Checks that ``SOLVER.IMS_PER_BATCH`` splits evenly over ranks and accumulation steps.
-
-    Returns:
-        Images per forward pass on this rank.
-    """
-    total = int(cfg.SOLVER.IMS_PER_BATCH)
-    world = get_world_size()
-    accum = grad_accum_steps(cfg)
-    if total <= 0 or total % (world * accum):
-        raise ConfigError(
-            f"config key 'SOLVER.IMS_PER_BATCH' is {total}, which does not split evenly over "
-            f"{world} process(es) x {accum} accumulation step(s) (SOLVER.GRAD_ACCUM_STEPS)"
-        )
-    return total // (world * accum)
-
-
-# The config key holding the class count of each model (its "model section").
-NUM_CLASSES_KEYS = {"IDIP": "MODEL.IDIP.NUM_CLASSES", "CondInst": "MODEL.FCOS.NUM_CLASSES"}
-
-
-def check_num_classes(cfg, dataset_names) -> None:
+def check_num_classes(model: nn.Module, cfg, dataset_names) -> None:
     """Checks that the model's class count equals that of every dataset in ``dataset_names``.
 
     A mismatch would otherwise surface late and obscurely: class targets out of range in the
-    middle of training, or predictions the evaluator rejects after the whole run. Models without
-    an entry in :data:`NUM_CLASSES_KEYS` are not checked.
+    middle of training, or predictions the evaluator rejects after the whole run. The model says
+    its count (``model.num_classes``) and the config key that sets it
+    (``model.num_classes_key``); a model without ``num_classes`` is not checked.
 
     Raises:
         ConfigError: naming the key, its value, the dataset and the dataset's classes.
     """
-    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
-    if key is None or not dataset_names:
+    count = getattr(model, "num_classes", None)
+    if count is None or not dataset_names:
         return
-    node = cfg
-    for part in key.split("."):
-        if part not in node:
-            return  # the model's section is not declared in this build
-        node = node[part]
-    from ..data.datasets import get_dataset, register_from_cfg
-
+    key = getattr(model, "num_classes_key", "the model's number of classes")
     register_from_cfg(cfg)
     for name in dataset_names:
         info = get_dataset(name)
-        if info.num_classes != int(node):
+        if info.num_classes != int(count):
             raise ConfigError(
-                f"config key '{key}' is {int(node)} but dataset '{name}' has {info.num_classes} "
+                f"config key '{key}' is {int(count)} but dataset '{name}' has {info.num_classes} "
                 f"classes {info.thing_classes}; set {key} {info.num_classes}"
             )

@@ -17,34 +17,42 @@ import time
 from typing import Any, Iterable, Iterator
 
 import torch
-import yaml
 from torch import nn
 
 from ..config import CfgNode, ConfigError
 from ..config.setup import dump_cfg
-from ..modeling.build import build_model, resolve_device
-from .checkpoint import CheckpointError, Checkpointer, load_weights, read_checkpoint, unwrap_model
-from .distributed import (
+from ..data import build_train_loader
+from ..data.build import grad_accum_steps, num_loader_workers, test_batch_size, train_batch_size_per_rank
+from ..modeling import build_model, resolve_device
+from ..modeling.backbone.norm import revert_sync_batchnorm
+from ..utils.distributed import (
     all_gather,
     broadcast_object,
     get_rank,
     get_world_size,
     init_distributed,
+    is_dist,
     is_main_process,
     reduce_dict,
+)
+from .checkpoint import (
+    CheckpointError,
+    Checkpointer,
+    find_last_checkpoint,
+    load_weights,
+    read_checkpoint,
+    unwrap_model,
 )
 from .evaluate import evaluate_datasets
 from .events import TrainingEvents
 from .logger import setup_logger
 from .lr_scheduler import build_lr_scheduler
 from .optim import build_optimizer, clip_gradients
-from .resume_check import check_resume_config
+from .resume_check import check_resume_config, stored_config_value
 from .run_directory import RunLock, check_fresh_start, make_output_dir
 from .runtime import (
-    check_batch_split,
     check_num_classes,
     configure_torch,
-    grad_accum_steps,
     resolve_seed,
     seed_process,
     slow_amp_warning,
@@ -109,11 +117,11 @@ class Trainer:
             logger.info(replaced)
         configure_torch(cfg)
         self._validate(cfg)
-        self.per_rank_batch = check_batch_split(cfg)
+        self.per_rank_batch = train_batch_size_per_rank(cfg)
         self.accum_steps = grad_accum_steps(cfg)
 
         resume_path, resume_data = self._find_resume_checkpoint(cfg) if resume else (None, None)
-        stored_seed = self._stored_seed(resume_data)
+        stored_seed = stored_config_value(resume_data.get("config"), "SEED") if resume_data else None
         seed = resolve_seed(cfg, stored_seed)
         if cfg.SEED < 0:
             logger.info("SEED is %d (drawn at random%s)", seed, "" if stored_seed is None else " by the resumed run")
@@ -181,9 +189,7 @@ class Trainer:
         """The per-rank loader, positioned at iteration ``start_iter``: each ``next()`` gives the
         batch of one forward pass, GRAD_ACCUM_STEPS of them per iteration, so the loader starts at
         its batch ``start_iter * GRAD_ACCUM_STEPS``."""
-        from ..data import build_train_loader
-
-        check_num_classes(cfg, list(cfg.DATASETS.TRAIN))
+        check_num_classes(unwrap_model(self.model), cfg, list(cfg.DATASETS.TRAIN))
         return build_train_loader(cfg, start_iter)
 
     def evaluate(self, cfg: CfgNode, model: nn.Module) -> dict[str, Any]:
@@ -196,8 +202,6 @@ class Trainer:
         lr = solver.BASE_LR
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"config key 'SOLVER.BASE_LR' must be a finite number > 0, got {lr!r}")
-        from ..data.build import num_loader_workers, test_batch_size  # deferred, as build_train_loader
-
         test_batch_size(cfg)  # checked now, not after training when evaluation starts
         num_loader_workers(cfg)
         if solver.MAX_ITER <= 0:
@@ -222,7 +226,7 @@ class Trainer:
         found: tuple[str | None, str | None] = (None, None)
         if is_main_process():
             try:
-                found = (Checkpointer(nn.Module(), cfg.OUTPUT_DIR, cfg.MODEL.META_ARCHITECTURE).last_checkpoint_path(), None)
+                found = (find_last_checkpoint(cfg.OUTPUT_DIR), None)
             except CheckpointError as err:
                 found = (None, str(err))
         path, error = broadcast_object(found)
@@ -246,15 +250,6 @@ class Trainer:
             )
         return path, read_checkpoint(path)
 
-    @staticmethod
-    def _stored_seed(data: dict | None) -> int | None:
-        if not data or not data.get("config"):
-            return None
-        try:
-            return int(yaml.safe_load(data["config"]).get("SEED", -1))
-        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-            return None
-
     def _restore_rng(self, rng_states: list) -> None:
         if len(rng_states) == get_world_size():
             restore_rng_state(rng_states[get_rank()])
@@ -267,13 +262,20 @@ class Trainer:
             seed_all(self.cfg.SEED + get_rank() + 1_000_003 * self.start_iter)
 
     def _maybe_sync_bn(self, model: nn.Module) -> nn.Module:
-        wanted = self.cfg.DDP.SYNC_BN or self.cfg.MODEL.RESNETS.NORM == "SyncBN"
-        if not wanted or get_world_size() == 1:
+        """``DDP.SYNC_BN``: every BatchNorm becomes a SyncBatchNorm (several ranks on CUDA).
+
+        SyncBatchNorm needs CUDA: on another device in a process group every one of them (those
+        a config's norm "SyncBN" built too) is a per-rank BatchNorm.
+        """
+        if self.device.type == "cuda":
+            if self.cfg.DDP.SYNC_BN and get_world_size() > 1:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return model
-        if self.device.type != "cuda":
+        if not is_dist():
+            return model  # one process: a SyncBatchNorm computes as a BatchNorm
+        if self.cfg.DDP.SYNC_BN or any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
             logger.warning("SyncBatchNorm needs CUDA; keeping per-rank BatchNorm on %s", self.device)
-            return model
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return revert_sync_batchnorm(model)
 
     def _wrap_ddp(self, model: nn.Module, cfg: CfgNode) -> nn.Module:
         if get_world_size() == 1:

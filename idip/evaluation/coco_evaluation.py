@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.distributed import all_gather, is_main_process, synchronize
+from ..utils.distributed import all_gather, is_main_process, synchronize
 from .ground_truth import load_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,6 @@ class COCOEvaluator:
             metrics = {name: 0.0 for name in METRIC_NAMES}
             if self.per_category:
                 metrics.update({f"AP-{name}": 0.0 for name in class_names})
-            _log_table(task, metrics)
             return metrics
 
         detections = copy.deepcopy(results)
@@ -221,11 +220,10 @@ class COCOEvaluator:
         coco_eval = COCOeval(coco_gt, coco_dt, task)
         if image_ids:
             coco_eval.params.imgIds = image_ids
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # the table is format_ap_table's
             coco_eval.evaluate()
             coco_eval.accumulate()
-        print(f"COCO evaluation ({task}):")
-        coco_eval.summarize()  # prints the standard 12-line table
+            coco_eval.summarize()
 
         metrics = {
             name: float(coco_eval.stats[i] * 100) if coco_eval.stats[i] >= 0 else math.nan
@@ -240,7 +238,6 @@ class COCOEvaluator:
                 values = np.asarray(values)
                 values = values[values > -1]
                 metrics[f"AP-{name}"] = float(values.mean() * 100) if values.size else math.nan
-        _log_table(task, metrics)
         return metrics
 
 
@@ -310,11 +307,21 @@ def _encode_masks(image_id: int, masks, sample: dict, count: int) -> list[dict]:
     return rles
 
 
-def _log_table(task: str, metrics: dict[str, float]) -> None:
-    head = " | ".join(f"{name:>6}" for name in METRIC_NAMES)
-    values = " | ".join(f"{metrics[name]:6.3f}" for name in METRIC_NAMES)
-    lines = [f"{task} results:", f"| {head} |", f"| {values} |"]
-    per_category = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
-    if per_category:
-        lines.append("per-category AP: " + ", ".join(f"{n}: {v:.3f}" for n, v in per_category))
-    logger.info("\n".join(lines))
+def format_ap_table(results: dict[str, dict[str, float]]) -> str:
+    """The AP table of one dataset, in percent: a row per task ("bbox", "segm") with the COCO
+    columns, then each task's per-category AP when it was computed."""
+    rule = "------+-" + "-+-".join("-" * 6 for _ in METRIC_NAMES)
+    lines = ["task  | " + " | ".join(f"{c:>6}" for c in METRIC_NAMES), rule]
+    per_category = []
+    for task, metrics in results.items():
+        if not isinstance(metrics, dict):
+            continue
+        cells = []
+        for column in METRIC_NAMES:
+            value = metrics.get(column)
+            cells.append(f"{value:6.2f}" if isinstance(value, (int, float)) else f"{'-':>6}")
+        lines.append(f"{task:<5} | " + " | ".join(cells))
+        values = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
+        if values:
+            per_category.append(f"{task} AP per category: " + ", ".join(f"{n} {v:.2f}" for n, v in values))
+    return "\n".join(lines + per_category)

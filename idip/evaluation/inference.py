@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..engine.distributed import get_world_size, is_main_process
+from ..utils.distributed import get_world_size, is_main_process
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ META_ARCH_REGISTRY: dict[str, type[nn.Module]] = {}
 def register_meta_arch(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: makes ``name`` a valid ``MODEL.META_ARCHITECTURE``.
 
-    The class is constructed as ``cls(cfg)``.
+    A class with a ``from_config(cfg)`` classmethod is built as ``cls(**cls.from_config(cfg))``
+    (its constructor takes modules and values, not a config: detectron2's convention); any other
+    as ``cls(cfg)``.
     """
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
@@ -26,11 +28,6 @@ def register_meta_arch(name: str) -> Callable[[type[nn.Module]], type[nn.Module]
         return cls
 
     return wrap
-
-
-def _import_builtin_models() -> None:
-    # Importing the model packages runs their @register_meta_arch decorators.
-    from . import condinst, idip  # noqa: F401
 
 
 def resolve_device(cfg) -> torch.device:
@@ -56,7 +53,6 @@ def build_model(cfg) -> nn.Module:
     per image (``boxes`` [K,4] xyxy in original image coordinates, ``scores`` [K], ``labels`` [K],
     ``masks`` [K,H,W] bool).
     """
-    _import_builtin_models()
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in META_ARCH_REGISTRY:
         close = difflib.get_close_matches(name, list(META_ARCH_REGISTRY), n=2, cutoff=0.3)
@@ -65,5 +61,6 @@ def build_model(cfg) -> nn.Module:
             f"config key 'MODEL.META_ARCHITECTURE' is {name!r}, which is not a known model "
             f"(known: {', '.join(sorted(META_ARCH_REGISTRY))}){hint}"
         )
-    model = META_ARCH_REGISTRY[name](cfg)
+    cls = META_ARCH_REGISTRY[name]
+    model = cls(**cls.from_config(cfg)) if hasattr(cls, "from_config") else cls(cfg)
     return model.to(resolve_device(cfg))

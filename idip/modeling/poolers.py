@@ -1,24 +1,13 @@
-"""RoI feature pooling over FPN levels, and the choice between ``idip.ops`` and its references."""
+"""RoI feature pooling over FPN levels."""
 
 from __future__ import annotations
 
 import math
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-
-def select_ops(use_reference: bool) -> ModuleType:
-    """``idip.ops`` (the compiled kernels) or ``idip.ops.reference`` (same names, plain PyTorch).
-
-    This is what ``MODEL.USE_REFERENCE_OPS`` switches.
-    """
-    if use_reference:
-        from ..ops import reference as ops
-    else:
-        import idip.ops as ops
-    return ops
+from .op_library import op_library
 
 
 def boxes_to_rois(boxes: Tensor) -> Tensor:
@@ -30,12 +19,14 @@ def boxes_to_rois(boxes: Tensor) -> Tensor:
     return torch.cat([index[:, None], boxes.reshape(b * n, 4)], dim=1)
 
 
-def box_lists_to_rois(boxes: list[Tensor]) -> Tensor:
-    """Per-image [K_i, 4] xyxy boxes -> [sum K_i, 5] rois (batch_index, x1, y1, x2, y2)."""
-    rows = []
-    for i, b in enumerate(boxes):
-        rows.append(torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1))
-    return torch.cat(rows, dim=0)
+def box_lists_to_rois(boxes: list[Tensor], image_indices: list[int] | None = None) -> Tensor:
+    """Per-image [K_i, 4] xyxy boxes -> [sum K_i, 5] rois (batch_index, x1, y1, x2, y2).
+
+    ``image_indices`` gives each list entry's batch index (default: its position).
+    """
+    indices = range(len(boxes)) if image_indices is None else image_indices
+    rows = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b], dim=1) for i, b in zip(indices, boxes)]
+    return torch.cat(rows, dim=0) if rows else torch.zeros((0, 5))
 
 
 class MultiLevelRoIPooler(nn.Module):
@@ -48,10 +39,11 @@ class MultiLevelRoIPooler(nn.Module):
         output_size: side of the pooled square (7 for boxes, 14 for masks).
         strides: stride of each feature level, finest first (8, 16, 32 for p3-p5).
         sampling_ratio: bilinear samples per bin side (0: adaptive).
-        ops: module providing ``multilevel_roi_align`` (:func:`select_ops`).
+        use_reference_ops: pool with ``idip.ops.reference`` instead of the kernel.
     """
 
-    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int, ops: ModuleType):
+    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int,
+                 use_reference_ops: bool = False):
         super().__init__()
         levels = [math.log2(s) for s in strides]
         if any(abs(lv - round(lv)) > 1e-6 for lv in levels):
@@ -61,7 +53,7 @@ class MultiLevelRoIPooler(nn.Module):
         self.output_size = output_size
         self.scales = [1.0 / s for s in strides]
         self.sampling_ratio = sampling_ratio
-        self.ops = ops
+        self.use_reference_ops = bool(use_reference_ops)
 
     def forward(self, features: list[Tensor], rois: Tensor) -> Tensor:
         """Pools ``features`` (finest first, [B, C, H_l, W_l] each) at ``rois`` [K, 5] -> [K, C, S, S]."""
@@ -72,7 +64,7 @@ class MultiLevelRoIPooler(nn.Module):
             # Under autocast: pool in float32, as torchvision's autocast policy does. Boxes in
             # bfloat16 would be off by up to 4 pixels at x ~ 1000, before any pooling error.
             features = [f.float() for f in features]
-        return self.ops.multilevel_roi_align(
+        return op_library(self.use_reference_ops).multilevel_roi_align(
             features,
             rois.to(features[0].dtype),
             self.output_size,

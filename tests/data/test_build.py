@@ -136,11 +136,11 @@ def test_batch_size_per_rank(monkeypatch):
     monkeypatch.setattr(build, "get_world_size", lambda: 2)
     assert train_batch_size_per_rank(cfg) == 2
     cfg.SOLVER.IMS_PER_BATCH = 12
-    with pytest.raises(ValueError, match="IMS_PER_BATCH=12"):
+    with pytest.raises(ValueError, match="'SOLVER.IMS_PER_BATCH' is 12"):
         train_batch_size_per_rank(cfg)
     cfg.SOLVER.GRAD_ACCUM_STEPS = 0
     cfg.SOLVER.IMS_PER_BATCH = 7
-    with pytest.raises(ValueError, match="IMS_PER_BATCH=7"):
+    with pytest.raises(ValueError, match="'SOLVER.IMS_PER_BATCH' is 7"):
         train_batch_size_per_rank(cfg)
 
 

@@ -86,7 +86,7 @@ def test_process_killed_mid_write_leaves_target_intact(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {ROOT!r})
-        from idip.engine.checkpoint import atomic_write
+        from idip.utils.file_io import atomic_write
         def write(f):
             f.write(b"x" * 4096)
             f.flush()

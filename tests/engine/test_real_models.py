@@ -14,29 +14,12 @@ import eval as eval_cli
 import train
 from idip.data.shapes import generate_split, shapes_paths
 from idip.engine.cli import run_cli
-from idip.engine.evaluate import evaluation_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {
     "IDIP": os.path.join(ROOT, "configs", "shapes", "IDIP_R18.yaml"),
     "CondInst": os.path.join(ROOT, "configs", "shapes", "CondInst_R18.yaml"),
 }
-
-
-def _model_available(arch: str) -> str | None:
-    """None when the model can be built here, else why not."""
-    if not os.path.isfile(CONFIGS[arch]):
-        return f"{CONFIGS[arch]} is missing"
-    try:
-        import idip.ops  # noqa: F401  (needs the compiled extension)
-        from idip.modeling.build import META_ARCH_REGISTRY, _import_builtin_models
-
-        _import_builtin_models()
-    except Exception as err:  # ImportError, or the extension built for another torch
-        return f"models unavailable: {err}"
-    if arch not in META_ARCH_REGISTRY:
-        return f"{arch} is not registered"
-    return evaluation_available()
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +48,6 @@ def _opts(root, out, max_iter):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["IDIP", "CondInst"])
 def test_train_resume_eval_demo(arch, shapes_root, tmp_path, capsys):
-    reason = _model_available(arch)
-    if reason:
-        pytest.skip(reason)
     out = tmp_path / "run"
     assert train.cli(["--config-file", CONFIGS[arch], *_opts(shapes_root, out, 2)]) == 0
     records = [json.loads(line) for line in open(out / "metrics.json")]

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from idip.engine.runtime import check_batch_split, grad_accum_steps
-from idip.engine.distributed import get_rank, get_world_size
+from idip.data.build import grad_accum_steps, train_batch_size_per_rank
+from idip.utils.distributed import get_rank, get_world_size
 from idip.engine.trainer import Trainer
 from idip.modeling.build import register_meta_arch
 
@@ -101,7 +101,7 @@ def make_sample(seed: int, image_id: int = 0, height: int = 24, width: int = 32)
 def synthetic_train_loader(cfg, start_iter: int = 0):
     """Infinite per-rank batches (one per forward pass, GRAD_ACCUM_STEPS per iteration) from
     iteration ``start_iter`` on; batch content = f(SEED, batch index, rank, slot)."""
-    per_rank = check_batch_split(cfg)
+    per_rank = train_batch_size_per_rank(cfg)
     rank, world = get_rank(), get_world_size()
     micro = start_iter * grad_accum_steps(cfg)
     while True:

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 from idip.engine.checkpoint import unwrap_model  # noqa: E402
-from idip.engine.distributed import all_gather, get_rank, get_world_size, is_main_process  # noqa: E402
+from idip.utils.distributed import all_gather, get_rank, get_world_size, is_main_process  # noqa: E402
 from tests.engine.tiny_model import TinyTrainer  # noqa: E402
 
 

@@ -3,8 +3,8 @@
 Environment knobs, on top of those of ``tests/engine/tiny_train_script.py`` (TINY_REPORT,
 TINY_KILL_IN_SAVE, ...):
   FAULT_KILL_AFTER_REPLACE=n  SIGKILL this process right after its n-th atomic rename in
-                              idip.engine.checkpoint (each save renames the .pth, then the
-                              last_checkpoint marker: an odd n dies between the two)
+                              idip.utils.file_io (1: config.yaml; then each save renames the
+                              .pth, then the last_checkpoint marker: an even n dies between them)
   FAULT_SIGKILL_AT_ITER=k     SIGKILL the worker of rank FAULT_RANK (default 1) when it starts
                               iteration k, on the first torchrun attempt only
   FAULT_SLOW_STEP=s           sleep s seconds in every step (gives an outside killer time)
@@ -19,16 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from idip.engine.distributed import get_rank  # noqa: E402
+from idip.utils.distributed import get_rank  # noqa: E402
 from tests.engine.tiny_train_script import ScriptTrainer  # noqa: E402
 
 
 def _kill_after_replace(n: int) -> None:
-    import idip.engine.checkpoint as checkpoint
+    import idip.utils.file_io as file_io
 
-    real_replace, calls = checkpoint.os.replace, [0]
+    real_replace, calls = file_io.os.replace, [0]
 
-    class _Os:  # the checkpoint module's view of `os`, with a lethal `replace`
+    class _Os:  # the atomic writer's view of `os`, with a lethal `replace`
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -39,7 +39,7 @@ def _kill_after_replace(n: int) -> None:
             if calls[0] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    checkpoint.os = _Os()
+    file_io.os = _Os()
 
 
 class FaultTrainer(ScriptTrainer):

@@ -12,7 +12,7 @@ import torch
 import eval as eval_cli
 import train
 from idip.engine.checkpoint import Checkpointer
-from idip.engine.runtime import NUM_CLASSES_KEYS
+from idip.modeling import META_ARCH_REGISTRY
 from tests.engine.tiny_model import TinyTrainer
 from tests.reliability.conftest import custom_dataset_opts, one_error_line
 from tests.reliability.test_model_edge_inputs import CONFIGS, SHRINK, _model
@@ -85,7 +85,7 @@ def test_real_model_trains_and_evaluates_on_the_awkward_dataset(arch, awkward_da
             "DATASETS.TRAIN", "('awkward',)", "DATASETS.TEST", "('awkward',)",
             "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.MAX_SIZE_TRAIN", "64",
             "INPUT.MIN_SIZE_TEST", "48", "INPUT.MAX_SIZE_TEST", "64", "TEST.IMS_PER_BATCH", "3"]
-    key = NUM_CLASSES_KEYS[arch]
+    key = META_ARCH_REGISTRY[arch].num_classes_key
     # the configs say 4 classes (shapes); the awkward dataset has 3: one clear line, no training
     opts = _opts(arch, tmp_path / "run", *data, "SOLVER.MAX_ITER", "2")
     assert train.cli(opts, trainer_cls=Trainer) == 2

@@ -149,10 +149,10 @@ def test_killed_between_checkpoint_file_and_marker_then_resume(tmp_path):
     full = _train(tmp_path / "full", tmp_path / "full.json", 6)
     assert full.returncode == 0, full.stderr[-3000:]
     run = tmp_path / "run"
-    # Period 3, 6 iterations: saves model_0000002 (renames 1: .pth, 2: marker), then model_final
-    # (rename 3: .pth). Killed right after rename 3: model_final.pth is complete but the marker
-    # still names model_0000002.pth. (config.yaml is not written through idip.engine.checkpoint.)
-    killed = _train(run, tmp_path / "unused.json", 6, FAULT_KILL_AFTER_REPLACE=3)
+    # Period 3, 6 iterations: writes config.yaml (rename 1), saves model_0000002 (renames 2: .pth,
+    # 3: marker), then model_final (rename 4: .pth). Killed right after rename 4: model_final.pth
+    # is complete but the marker still names model_0000002.pth.
+    killed = _train(run, tmp_path / "unused.json", 6, FAULT_KILL_AFTER_REPLACE=4)
     assert killed.returncode == -signal.SIGKILL
     assert (run / "last_checkpoint").read_text().strip() == "model_0000002.pth"
     assert read_checkpoint(str(run / "model_final.pth"))["iteration"] == 5

@@ -81,6 +81,27 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every SyncBatchNorm replaced by a BatchNorm2d holding the same state.
+
+    SyncBatchNorm only runs on CUDA inside a process group; elsewhere the per-rank BatchNorm is
+    the one that computes. The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    """
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        plain.load_state_dict(module.state_dict())
+        reference = _first_tensor(module)
+        if reference is not None:
+            plain = plain.to(device=reference.device, dtype=reference.dtype)
+        return plain.train(module.training)
+    for name, child in module.named_children():
+        new_child = revert_sync_batchnorm(child)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
+
+
 def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     for tensor in module.state_dict().values():
         if tensor.is_floating_point():

@@ -19,15 +19,14 @@ They need a ResNet built with ``stride_in_1x1=True``; the loader flips the stem'
 to RGB (this package always feeds RGB) and sets the missing running stats so the folded affine is
 reproduced exactly. Set MODEL.PIXEL_STD to [1.0, 1.0, 1.0] for them.
 
-``.pkl`` files are read with an unpickler that only builds numpy arrays and plain containers, so a
-crafted file cannot run code; ``.pth`` files go through ``torch.load(weights_only=True)``.
+Files are read by :func:`idip.utils.checkpoint_file.read_checkpoint`, which cannot run code from
+them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -37,95 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...utils.checkpoint_file import CheckpointError, read_checkpoint
 from .fpn import FPN
 from .resnet import ResNet
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the module; the message names the source."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Reading files
-# ------------------------------------------------------------------------------------------------
-
-
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    # NumPy 2 pickles arrays through numpy._core, NumPy 1 through numpy.core; accept both names
-    # and resolve them to whatever this NumPy provides, without importing deprecated modules.
-    core = getattr(np, "_core", None) or np.core
-    reconstruct = core.multiarray._reconstruct
-    scalar = core.multiarray.scalar
-    allowed: dict[tuple[str, str], Any] = {}
-    frombuffer = core.numeric._frombuffer  # protocol 5 arrays: bytes + dtype + shape
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(package + ".multiarray", "_reconstruct")] = reconstruct
-        allowed[(package + ".multiarray", "scalar")] = scalar
-        allowed[(package + ".numeric", "_frombuffer")] = frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    # Bytes pickled by Python 3 with protocol <= 2 come back through _codecs.encode(str, "latin1"),
-    # a pure string-to-bytes conversion.
-    import _codecs
-
-    allowed[("_codecs", "encode")] = _codecs.encode
-    allowed[("collections", "OrderedDict")] = OrderedDict
-    return allowed
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can only build numpy arrays, numpy dtypes/scalars and builtin containers."""
-
-    _allowed = _numpy_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load the global '{module}.{name}': only numpy arrays and plain "
-                "containers are allowed in a weights .pkl"
-            ) from None
-
-
-def _read_pickle(path: str) -> Any:
-    with open(path, "rb") as f:
-        try:
-            # latin1 turns Python 2 byte strings (Caffe2-era files) into str keys and raw bytes.
-            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"cannot load weights file '{path}': {e}") from None
-        except Exception as e:  # truncated or not a pickle at all
-            raise CheckpointError(
-                f"cannot load weights file '{path}': not a readable pickle "
-                f"({type(e).__name__}: {e})"
-            ) from None
-
-
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Reads a weights file without executing code from it.
-
-    ``.pkl``: restricted unpickler (numpy arrays and containers only). Anything else:
-    ``torch.load(map_location="cpu", weights_only=True)``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: unreadable, corrupt, or asks to build a forbidden object.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file '{path}' does not exist")
-    if path.endswith(".pkl"):
-        return _read_pickle(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot load weights file '{path}' with torch.load(weights_only=True): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,7 +271,7 @@ def load_backbone_weights(
         and not loaded; the rest of the module is left untouched.
 
     Raises:
-        FileNotFoundError / CheckpointError: unreadable file, no ResNet weights recognised, or
+        CheckpointError: missing or unreadable file, no ResNet weights recognised, or
             a stride convention (``stride_in_1x1``) that does not match the module.
     """
     if isinstance(path_or_state_dict, Mapping):

@@ -1,7 +1,7 @@
 """CondInst: FCOS with a controller, a mask branch and the fused dynamic mask head."""
 
 from .condinst import CondInst
-from .dynamic_mask_head import DynamicMaskHead, dice_loss, dynamic_param_counts, split_dynamic_params
+from .dynamic_mask_head import DynamicMaskHead, squared_dice_loss
 from .fcos import FCOS
 from .mask_branch import MaskBranch
 
@@ -10,7 +10,5 @@ __all__ = [
     "DynamicMaskHead",
     "FCOS",
     "MaskBranch",
-    "dice_loss",
-    "dynamic_param_counts",
-    "split_dynamic_params",
+    "squared_dice_loss",
 ]

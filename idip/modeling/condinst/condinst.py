@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...config import ConfigError
+from ..backbone import build_backbone
 from ..build import register_meta_arch
+from ..image_batching import batch_images
+from ..op_library import op_library
 from .dynamic_mask_head import DynamicMaskHead, gt_bitmasks_at_stride
 from .fcos import FCOS, FCOSOutputs
 from .mask_branch import MaskBranch
-
-
-def select_ops(use_reference: bool) -> ModuleType:
-    """``idip.ops`` (the compiled kernels) or ``idip.ops.reference`` (same names, plain PyTorch)."""
-    return importlib.import_module("idip.ops.reference" if use_reference else "idip.ops")
 
 
 def mask_centers_of_mass(masks: Tensor) -> Tensor:
@@ -43,67 +39,100 @@ class CondInst(nn.Module):
     coordinates), ``scores`` [K], ``labels`` [K] int64 and ``masks`` [K, height, width] bool.
     """
 
-    def __init__(self, cfg):
+    num_classes_key = "MODEL.FCOS.NUM_CLASSES"  # the config key of num_classes (engine checks)
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        fcos: FCOS,
+        mask_branch: MaskBranch,
+        mask_head: DynamicMaskHead,
+        mask_out_stride: int,
+        max_proposals: int,
+        mask_loss_at_feat_stride: bool,
+        mask_threshold: float,
+        center_sample_on_mask: bool,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        use_reference_ops: bool = False,
+    ):
+        """Use :meth:`from_config` for the arguments a config gives (``build_model`` does)."""
         super().__init__()
-        from ..backbone import build_backbone
+        if mask_branch.out_stride % mask_out_stride:
+            raise ConfigError(
+                f"config key 'MODEL.CONDINST.MASK_OUT_STRIDE' ({mask_out_stride}) must divide the "
+                f"mask branch's stride ({mask_branch.out_stride})"
+            )
+        self.backbone = backbone
+        self.fcos = fcos
+        self.mask_branch = mask_branch
+        self.mask_head = mask_head
+        self.num_classes = fcos.num_classes
+        self.mask_out_stride = mask_out_stride
+        self.max_proposals = max_proposals
+        self.mask_loss_at_feat_stride = mask_loss_at_feat_stride
+        self.mask_threshold = mask_threshold
+        self.center_sample_on_mask = center_sample_on_mask
+        self.use_reference_ops = bool(use_reference_ops)
+        self.controller = nn.Conv2d(fcos.in_channels, mask_head.num_gen_params, 3, padding=1)
+        nn.init.normal_(self.controller.weight, std=0.01)
+        nn.init.constant_(self.controller.bias, 0.0)
+        # The batch is padded so that every FPN level divides it exactly and the stride-4 GT grid fits.
+        base = int(getattr(backbone, "size_divisibility", 0) or 1)
+        self.size_divisibility = math.lcm(base, 32, mask_out_stride)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
 
-        self.use_reference_ops = bool(cfg.MODEL.USE_REFERENCE_OPS)
-        self.backbone = build_backbone(cfg)
-        input_shape = {k: tuple(v) for k, v in self.backbone.output_shape().items()}
-        self.fcos = FCOS(cfg, input_shape)
-
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        """The constructor's arguments from ``MODEL.*`` (backbone/FPN, ``MODEL.FCOS``,
+        ``MODEL.CONDINST``)."""
         c = cfg.MODEL.CONDINST
-        self.mask_out_stride = int(c.MASK_OUT_STRIDE)
-        self.max_proposals = int(c.MAX_PROPOSALS)
-        self.mask_loss_at_feat_stride = bool(c.MASK_LOSS_AT_FEAT_STRIDE)
-        self.mask_threshold = float(c.MASK_THRESHOLD)
-        self.center_sample_on_mask = bool(cfg.MODEL.FCOS.CENTER_SAMPLE_ON_MASK)
-        self.mask_branch = MaskBranch(
+        reference = bool(cfg.MODEL.USE_REFERENCE_OPS)
+        backbone = build_backbone(cfg)
+        input_shape = {k: tuple(v) for k, v in backbone.output_shape().items()}
+        mask_out_stride = int(c.MASK_OUT_STRIDE)
+        mask_branch = MaskBranch(
             input_shape,
             list(c.MASK_BRANCH.IN_FEATURES),
-            select_ops(self.use_reference_ops).aligned_upsample,
             channels=int(c.MASK_BRANCH.CHANNELS),
             num_convs=int(c.MASK_BRANCH.NUM_CONVS),
             out_channels=int(c.MASK_BRANCH.OUT_CHANNELS),
             norm=c.MASK_BRANCH.NORM,
+            use_reference_ops=reference,
         )
-        if self.mask_branch.out_stride % self.mask_out_stride:
-            raise ConfigError(
-                f"config key 'MODEL.CONDINST.MASK_OUT_STRIDE' ({self.mask_out_stride}) must divide the "
-                f"mask branch's stride ({self.mask_branch.out_stride})"
-            )
         soi = [float(s) for s in cfg.MODEL.FCOS.SIZES_OF_INTEREST]
-        self.mask_head = DynamicMaskHead(
-            self.use_reference_ops,
+        mask_head = DynamicMaskHead(
+            reference,
             in_channels=int(c.MASK_BRANCH.OUT_CHANNELS),
             channels=int(c.MASK_HEAD.CHANNELS),
             num_layers=int(c.MASK_HEAD.NUM_LAYERS),
             # One normaliser per FCOS level: the level's upper size of interest, 2x the last for P7.
             sizes_of_interest=soi + [soi[-1] * 2],
-            mask_out_stride=self.mask_out_stride,
+            mask_out_stride=mask_out_stride,
             rel_coords=not bool(c.MASK_HEAD.DISABLE_REL_COORDS),
         )
-        self.controller = nn.Conv2d(self.fcos.in_channels, self.mask_head.num_gen_params, 3, padding=1)
-        nn.init.normal_(self.controller.weight, std=0.01)
-        nn.init.constant_(self.controller.bias, 0.0)
-
-        # The batch is padded so that every FPN level divides it exactly and the stride-4 GT grid fits.
-        base = int(getattr(self.backbone, "size_divisibility", 0) or 1)
-        self.size_divisibility = math.lcm(base, 32, self.mask_out_stride)
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN, dtype=torch.float32).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD, dtype=torch.float32).view(3, 1, 1), False)
-
-    @property
-    def ops(self) -> ModuleType:
-        return select_ops(self.use_reference_ops)
+        return dict(
+            backbone=backbone,
+            fcos=FCOS(cfg, input_shape),
+            mask_branch=mask_branch,
+            mask_head=mask_head,
+            mask_out_stride=mask_out_stride,
+            max_proposals=int(c.MAX_PROPOSALS),
+            mask_loss_at_feat_stride=bool(c.MASK_LOSS_AT_FEAT_STRIDE),
+            mask_threshold=float(c.MASK_THRESHOLD),
+            center_sample_on_mask=bool(cfg.MODEL.FCOS.CENTER_SAMPLE_ON_MASK),
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            use_reference_ops=reference,
+        )
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def forward(self, batch: list[dict]):
-        from ...data.batching import batch_images
-
         if len(batch) == 0:
             if not self.training:
                 return []  # nothing to predict: an empty list of results, like any batch
@@ -166,7 +195,7 @@ class CondInst(nn.Module):
         mask_feats: Tensor,
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        detections = self.fcos.predict(outputs, self.ops.batched_nms)
+        detections = self.fcos.predict(outputs, op_library(self.use_reference_ops).batched_nms)
         padded_h = mask_feats.shape[-2] * self.mask_branch.out_stride
         results = []
         for i, (sample, det, (h, w)) in enumerate(zip(batch, detections, image_sizes)):
@@ -228,7 +257,7 @@ class CondInst(nn.Module):
         for start in range(0, n, chunk):
             p = probs[start : start + chunk]
             if factor > 1:
-                p = self.ops.aligned_upsample(p, factor)
+                p = op_library(self.use_reference_ops).aligned_upsample(p, factor)
             p = F.interpolate(p[:, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)
             masks.append(p[:, 0] > self.mask_threshold)
         return torch.cat(masks)

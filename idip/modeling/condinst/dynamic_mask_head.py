@@ -1,65 +1,20 @@
-"""CondInst's dynamic mask head: parameter layout, the fused op call, Dice loss, GT bitmasks."""
+"""CondInst's dynamic mask head: the fused op call, Dice loss, GT bitmasks (the parameter layout
+is ``idip.ops.dynamic_mask_head_param_counts``)."""
 
 from __future__ import annotations
-
-import importlib
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...config import ConfigError
+from ...ops import dynamic_mask_head_num_params
+from ..op_library import op_library
 
 
-def dynamic_param_counts(
-    in_channels: int, channels: int, num_layers: int, rel_coords: bool = True
-) -> tuple[list[int], list[int]]:
-    """Sizes of the weight and bias blocks of the per-instance network.
-
-    Layer 0 maps ``in_channels`` (+2 relative coordinates) to ``channels``, middle layers map
-    ``channels`` to ``channels`` and the last maps ``channels`` to 1.
-
-    Returns:
-        (weight_nums, bias_nums), each a list of ``num_layers`` ints. Their total is the number
-        of parameters the controller predicts per location (169 for 8 channels and 3 layers).
-    """
-    if num_layers < 1:
-        raise ConfigError(f"config key 'MODEL.CONDINST.MASK_HEAD.NUM_LAYERS' must be >= 1, got {num_layers}")
-    weight_nums, bias_nums = [], []
-    for layer in range(num_layers):
-        fan_in = (in_channels + 2 if rel_coords else in_channels) if layer == 0 else channels
-        fan_out = 1 if layer == num_layers - 1 else channels
-        weight_nums.append(fan_in * fan_out)
-        bias_nums.append(fan_out)
-    return weight_nums, bias_nums
-
-
-def split_dynamic_params(
-    params: Tensor, in_channels: int, channels: int, num_layers: int, rel_coords: bool = True
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Views [N, P] controller outputs as per-layer weights and biases (CondInst's layout).
-
-    All weight blocks come first, then all bias blocks; layer l's weight block is [out_l, in_l]
-    row-major.
-
-    Returns:
-        (weights, biases): lists over layers of [N, out_l, in_l] and [N, out_l].
-    """
-    weight_nums, bias_nums = dynamic_param_counts(in_channels, channels, num_layers, rel_coords)
-    if params.dim() != 2 or params.shape[1] != sum(weight_nums) + sum(bias_nums):
-        raise ValueError(
-            f"params must be [N, {sum(weight_nums) + sum(bias_nums)}], got {tuple(params.shape)}"
-        )
-    blocks = torch.split(params, weight_nums + bias_nums, dim=1)
-    n = params.shape[0]
-    weights = [w.reshape(n, b, w.shape[1] // b) for w, b in zip(blocks[:num_layers], bias_nums)]
-    biases = list(blocks[num_layers:])
-    return weights, biases
-
-
-def dice_loss(scores: Tensor, targets: Tensor, eps: float = 1e-5) -> Tensor:
-    """1 - 2 sum(p t) / (sum(p^2) + sum(t^2) + eps) per instance.
+def squared_dice_loss(scores: Tensor, targets: Tensor, eps: float = 1e-5) -> Tensor:
+    """1 - 2 sum(p t) / (sum(p^2) + sum(t^2) + eps) per instance (CondInst's V-Net form; IDIP's
+    :func:`idip.modeling.idip.loss.linear_dice_loss` does not square).
 
     Args:
         scores: [N, ...] probabilities.
@@ -131,16 +86,15 @@ class DynamicMaskHead(nn.Module):
         self.num_layers = num_layers
         self.mask_out_stride = mask_out_stride
         self.rel_coords = rel_coords
-        weight_nums, bias_nums = dynamic_param_counts(in_channels, channels, num_layers, rel_coords)
-        self.num_gen_params = sum(weight_nums) + sum(bias_nums)
+        if num_layers < 1:
+            raise ConfigError(
+                f"config key 'MODEL.CONDINST.MASK_HEAD.NUM_LAYERS' must be >= 1, got {num_layers}"
+            )
+        self.num_gen_params = dynamic_mask_head_num_params(in_channels, channels, num_layers, rel_coords)
         self.register_buffer(
             "sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.float32), persistent=False
         )
 
-    @property
-    def ops(self) -> ModuleType:
-        # Resolved on use so that the module holds no reference to a Python module (picklable).
-        return importlib.import_module("idip.ops.reference" if self.use_reference_ops else "idip.ops")
 
     def forward(
         self,
@@ -179,7 +133,8 @@ class DynamicMaskHead(nn.Module):
             return mask_feats.new_zeros((0, 1, h * factor, w * factor))
         # Coordinates stay float32 under autocast: the relative coordinates need the precision.
         soi = self.sizes_of_interest[levels].float()
-        logits = self.ops.dynamic_mask_head(
+        ops = op_library(self.use_reference_ops)
+        logits = ops.dynamic_mask_head(
             mask_feats,
             params.to(mask_feats.dtype),
             im_inds,
@@ -191,9 +146,9 @@ class DynamicMaskHead(nn.Module):
             self.rel_coords,
         )
         if factor > 1:
-            logits = self.ops.aligned_upsample(logits, factor)
+            logits = ops.aligned_upsample(logits, factor)
         return logits
 
     def loss(self, mask_logits: Tensor, gt_bitmasks: Tensor) -> Tensor:
         """Mean Dice loss of [N, 1, h, w] logits against [N, h, w] {0, 1} targets."""
-        return dice_loss(mask_logits.float().sigmoid(), gt_bitmasks.unsqueeze(1)).mean()
+        return squared_dice_loss(mask_logits.float().sigmoid(), gt_bitmasks.unsqueeze(1)).mean()

@@ -80,8 +80,6 @@ class FCOS(nn.Module):
         self.pre_nms_topk = int(c.PRE_NMS_TOPK_TEST)
         self.post_nms_topk = int(c.POST_NMS_TOPK_TEST)
         self.nms_thresh = float(c.NMS_TH)
-        if c.LOC_LOSS_TYPE != "giou":
-            raise ConfigError(f"config key 'MODEL.FCOS.LOC_LOSS_TYPE' must be 'giou', got {c.LOC_LOSS_TYPE!r}")
         self.head = FCOSHead(
             self.in_channels,
             self.num_classes,

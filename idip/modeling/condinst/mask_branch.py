@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import Tensor, nn
 
 from ...config import ConfigError
+from ..op_library import op_library
 
 
 def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -38,11 +37,11 @@ class MaskBranch(nn.Module):
         self,
         input_shape: dict[str, tuple[int, int]],
         in_features: list[str],
-        aligned_upsample: Callable[[Tensor, int], Tensor],
         channels: int = 128,
         num_convs: int = 4,
         out_channels: int = 8,
         norm: str = "BN",
+        use_reference_ops: bool = False,
     ):
         super().__init__()
         for name in in_features:
@@ -53,7 +52,7 @@ class MaskBranch(nn.Module):
                 )
         self.in_features = list(in_features)
         self.out_stride = int(input_shape[in_features[0]][1])
-        self.aligned_upsample = aligned_upsample
+        self.use_reference_ops = bool(use_reference_ops)
         self.refine = nn.ModuleList(
             [_conv_norm_relu(input_shape[f][0], channels, norm) for f in self.in_features]
         )
@@ -72,5 +71,5 @@ class MaskBranch(nn.Module):
                     f"mask branch: feature {name!r} of size {tuple(y.shape[-2:])} does not upsample "
                     f"exactly to {tuple(x.shape[-2:])}; pad the input to a multiple of 32"
                 )
-            x = x + self.aligned_upsample(y, factor)
+            x = x + op_library(self.use_reference_ops).aligned_upsample(y, factor)
         return self.tower(x)

@@ -10,7 +10,9 @@ from ..backbone import build_backbone
 from ..box_ops import clip_boxes
 from ..build import register_meta_arch
 from ..mask_paste import paste_masks_in_image
-from ..poolers import select_ops
+from ..image_batching import batch_images
+from ..op_library import op_library
+from ..poolers import box_lists_to_rois
 from .diffusion import DDIMSampler, DiffusionSchedule, prepare_diffusion_targets
 from .head import IDIPHead, init_prior_bias
 from .loss import IDIPCriterion
@@ -35,43 +37,87 @@ class IDIP(nn.Module):
     initial boxes) and ``TEST.DETECTIONS_PER_IMAGE``.
     """
 
-    def __init__(self, cfg):
+    num_classes_key = "MODEL.IDIP.NUM_CLASSES"  # the config key of num_classes (engine checks)
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: list[str],
+        head: IDIPHead,
+        mask_head: MaskHead,
+        criterion: IDIPCriterion,
+        schedule: DiffusionSchedule,
+        sampler: DDIMSampler,
+        num_classes: int,
+        num_proposals: int,
+        num_proposals_test: int,
+        size_divisibility: int,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        nms_thresh: float,
+        score_thresh: float,
+        mask_threshold: float,
+        mask_from_unclipped_boxes: bool,
+        detections_per_image: int,
+        test_seed: int,
+        use_reference_ops: bool = False,
+    ):
+        """Use :meth:`from_config` for the arguments a config gives (``build_model`` does)."""
         super().__init__()
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        self.head = head
+        self.mask_head = mask_head
+        self.criterion = criterion
+        self.schedule = schedule
+        self.sampler = sampler
+        self.num_classes = num_classes
+        self.num_proposals = num_proposals
+        self.num_proposals_test = num_proposals_test
+        self.size_divisibility = size_divisibility
+        self.nms_thresh = nms_thresh
+        self.score_thresh = score_thresh
+        self.mask_threshold = mask_threshold
+        self.mask_from_unclipped_boxes = mask_from_unclipped_boxes
+        self.detections_per_image = detections_per_image
+        self.test_seed = test_seed
+        self.use_reference_ops = bool(use_reference_ops)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        """The constructor's arguments from ``MODEL.*``, ``INPUT.SIZE_DIVISIBILITY``,
+        ``TEST.SEED`` and ``TEST.DETECTIONS_PER_IMAGE``; every value checked."""
         c = cfg.MODEL.IDIP
-        self.num_classes = c.NUM_CLASSES
-        self.num_proposals = c.NUM_PROPOSALS
-        self.in_features = list(c.IN_FEATURES)
-        if c.NUM_DYNAMIC != 2:
-            raise ConfigError(f"config key 'MODEL.IDIP.NUM_DYNAMIC' must be 2 (got {c.NUM_DYNAMIC})")
-        if self.num_proposals < 1:
-            raise ConfigError(f"config key 'MODEL.IDIP.NUM_PROPOSALS' must be >= 1 (got {self.num_proposals})")
+        if c.NUM_PROPOSALS < 1:
+            raise ConfigError(f"config key 'MODEL.IDIP.NUM_PROPOSALS' must be >= 1 (got {c.NUM_PROPOSALS})")
         if c.NUM_PROPOSALS_TEST < 0:
             raise ConfigError(
-                f"config key 'MODEL.IDIP.NUM_PROPOSALS_TEST' must be >= 0 (0: NUM_PROPOSALS; got {c.NUM_PROPOSALS_TEST})"
+                "config key 'MODEL.IDIP.NUM_PROPOSALS_TEST' must be >= 0 (0: NUM_PROPOSALS; "
+                f"got {c.NUM_PROPOSALS_TEST})"
             )
-        self.num_proposals_test = c.NUM_PROPOSALS_TEST or self.num_proposals
-        self.ops = select_ops(cfg.MODEL.USE_REFERENCE_OPS)
-
-        self.backbone = build_backbone(cfg)
-        shapes = self.backbone.output_shape()
-        missing = [f for f in self.in_features if f not in shapes]
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        in_features = list(c.IN_FEATURES)
+        missing = [f for f in in_features if f not in shapes]
         if missing:
             raise ConfigError(
                 f"config key 'MODEL.IDIP.IN_FEATURES' names {missing}, which the backbone does not "
                 f"produce (it gives {sorted(shapes)})"
             )
-        channels = {shapes[f][0] for f in self.in_features}
+        channels = {shapes[f][0] for f in in_features}
         if channels != {c.HIDDEN_DIM}:
             raise ConfigError(
-                f"config key 'MODEL.IDIP.HIDDEN_DIM' ({c.HIDDEN_DIM}) must equal the FPN channels {sorted(channels)}"
+                f"config key 'MODEL.IDIP.HIDDEN_DIM' ({c.HIDDEN_DIM}) must equal the FPN channels "
+                f"{sorted(channels)}"
             )
-        strides = [shapes[f][1] for f in self.in_features]
-        self.size_divisibility = max(getattr(self.backbone, "size_divisibility", 0), cfg.INPUT.SIZE_DIVISIBILITY)
-
-        self.head = IDIPHead(
-            self.num_classes,
+        strides = [shapes[f][1] for f in in_features]
+        reference = bool(cfg.MODEL.USE_REFERENCE_OPS)
+        head = IDIPHead(
+            c.NUM_CLASSES,
             strides,
-            self.ops,
             dim=c.HIDDEN_DIM,
             num_stages=c.NUM_HEADS,
             num_attn_heads=c.NHEADS,
@@ -83,11 +129,11 @@ class IDIP(nn.Module):
             prior_prob=c.PRIOR_PROB,
             num_cls_layers=c.NUM_CLS,
             num_reg_layers=c.NUM_REG,
+            use_reference_ops=reference,
         )
-        self.mask_head = MaskHead(
-            self.num_classes,
+        mask_head = MaskHead(
+            c.NUM_CLASSES,
             strides,
-            self.ops,
             dim=c.HIDDEN_DIM,
             dim_dynamic=c.DIM_DYNAMIC,
             pooler_resolution=c.MASK_POOLER_RESOLUTION,
@@ -96,9 +142,9 @@ class IDIP(nn.Module):
             with_dynamic=c.MASK_WITH_DYNAMIC,
             norm=c.MASK_NORM,
             norm_per_image=c.MASK_NORM_PER_IMAGE,
+            use_reference_ops=reference,
         )
-        init_prior_bias([self.head, self.mask_head], self.num_classes, c.PRIOR_PROB,
-                        by_shape=c.PRIOR_INIT_BY_SHAPE)
+        init_prior_bias([head, mask_head], c.NUM_CLASSES, c.PRIOR_PROB, by_shape=c.PRIOR_INIT_BY_SHAPE)
         matcher = SimOTAMatcher(
             cls_weight=c.CLASS_WEIGHT,
             l1_weight=c.L1_WEIGHT,
@@ -108,31 +154,50 @@ class IDIP(nn.Module):
             center_radius=c.OTA_CENTER_RADIUS,
             candidate_topk=c.OTA_CANDIDATE_TOPK,
         )
-        self.criterion = IDIPCriterion(
+        criterion = IDIPCriterion(
             matcher,
-            self.ops,
             cls_weight=c.CLASS_WEIGHT,
             l1_weight=c.L1_WEIGHT,
             giou_weight=c.GIOU_WEIGHT,
             mask_weight=c.MASK_WEIGHT,
             focal_alpha=c.ALPHA,
             focal_gamma=c.GAMMA,
+            use_reference_ops=reference,
         )
-        self.schedule = DiffusionSchedule(c.NUM_TIMESTEPS)
-        self.use_reference_ops = bool(cfg.MODEL.USE_REFERENCE_OPS)
-        self.sample_steps = c.SAMPLE_STEP
-        self.eta = c.ETA
-        self.box_renewal = c.BOX_RENEWAL
-        self.renewal_threshold = c.RENEWAL_THRESHOLD
-        self.nms_thresh = c.NMS_THRESH
-        self.score_thresh = c.SCORE_THRESH_TEST
-        self.mask_threshold = c.MASK_THRESHOLD
-        self.mask_from_unclipped_boxes = c.MASK_FROM_UNCLIPPED_BOXES
-        self.test_seed = cfg.TEST.SEED
-        self.detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
-
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(3, 1, 1), persistent=False)
+        schedule = DiffusionSchedule(c.NUM_TIMESTEPS)
+        try:
+            sampler = DDIMSampler(
+                schedule,
+                num_steps=c.SAMPLE_STEP,
+                eta=c.ETA,
+                box_renewal=c.BOX_RENEWAL,
+                renewal_threshold=c.RENEWAL_THRESHOLD,
+                use_reference_ops=reference,
+            )
+        except ValueError as err:
+            raise ConfigError(f"config keys 'MODEL.IDIP.SAMPLE_STEP' / 'MODEL.IDIP.ETA': {err}") from None
+        return dict(
+            backbone=backbone,
+            in_features=in_features,
+            head=head,
+            mask_head=mask_head,
+            criterion=criterion,
+            schedule=schedule,
+            sampler=sampler,
+            num_classes=c.NUM_CLASSES,
+            num_proposals=c.NUM_PROPOSALS,
+            num_proposals_test=c.NUM_PROPOSALS_TEST or c.NUM_PROPOSALS,
+            size_divisibility=max(getattr(backbone, "size_divisibility", 0), cfg.INPUT.SIZE_DIVISIBILITY),
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            nms_thresh=c.NMS_THRESH,
+            score_thresh=c.SCORE_THRESH_TEST,
+            mask_threshold=c.MASK_THRESHOLD,
+            mask_from_unclipped_boxes=c.MASK_FROM_UNCLIPPED_BOXES,
+            detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            test_seed=cfg.TEST.SEED,
+            use_reference_ops=reference,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -143,8 +208,6 @@ class IDIP(nn.Module):
     # -------------------------------------------------------------------------------------------
     def _images(self, batch: list[dict]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """Normalised padded images [B, 3, Hp, Wp], [B, 4] (w, h, w, h), per-image (h, w)."""
-        from ...data.batching import batch_images
-
         images = [(s["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for s in batch]
         tensor, sizes = batch_images(images, self.size_divisibility)
         image_size = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32, device=self.device)
@@ -219,15 +282,7 @@ class IDIP(nn.Module):
             last = self.head(features, boxes, t)[-1]
             return last["logits"], last["boxes"], last["proposal_feat"]
 
-        sampler = DDIMSampler(
-            self.schedule,
-            num_steps=self.sample_steps,
-            eta=self.eta,
-            box_renewal=self.box_renewal,
-            renewal_threshold=self.renewal_threshold,
-            use_reference_ops=self.use_reference_ops,
-        )
-        logits, boxes, feats = sampler.sample(
+        logits, boxes, feats = self.sampler.sample(
             denoise, image_size, self.num_proposals_test, self._generators(batch)
         )
         return self.postprocess(features, logits, boxes, feats, batch, sizes)
@@ -262,7 +317,7 @@ class IDIP(nn.Module):
             scores, idx = scores[above], idx[above]
             prop = idx // c
             labels = idx % c
-            keep = self.ops.batched_nms(boxes[i, prop].float(), scores, labels, self.nms_thresh)
+            keep = op_library(self.use_reference_ops).batched_nms(boxes[i, prop].float(), scores, labels, self.nms_thresh)
             keep = keep[: self.detections_per_image]
             raw = boxes[i, prop[keep]]
             # After NMS, as detectron2's detector_postprocess in the authors' code: clip to the
@@ -273,9 +328,7 @@ class IDIP(nn.Module):
             mask_boxes = raw[nonempty] if self.mask_from_unclipped_boxes else bx[nonempty]
             kept.append((bx[nonempty], scores[keep], labels[keep], feats[i, prop[keep]], mask_boxes))
 
-        rois = torch.cat(
-            [torch.cat([torch.full_like(k_[4][:, :1], float(i)), k_[4]], dim=1) for i, k_ in enumerate(kept)]
-        )
+        rois = box_lists_to_rois([k_[4] for k_ in kept])
         all_feats = torch.cat([k_[3] for k_ in kept])
         mask_probs = self.mask_head(features, rois, all_feats).sigmoid() if rois.shape[0] else None
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import idip.ops
-from idip.ops import reference as reference_ops
+from ..box_ops import box_xyxy_to_cxcywh
+from ..op_library import op_library
 
 Head = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Any]]
 
@@ -95,15 +95,6 @@ class DiffusionSchedule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_timesteps={self.num_timesteps}"
-
-
-def _ops(use_reference_ops: bool):
-    return reference_ops if use_reference_ops else idip.ops
-
-
-def _xyxy_to_cxcywh(b: Tensor) -> Tensor:
-    x1, y1, x2, y2 = b.unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
 
 
 def _pure_noise_boxes(noise: Tensor, image_size: Tensor, ops) -> Tensor:
@@ -176,12 +167,12 @@ def prepare_diffusion_targets(
         if g.dim() != 2 or g.shape[1] != 4:
             raise ValueError(f"prepare_diffusion_targets: gt_boxes[{i}] must be [G, 4], got {tuple(g.shape)}")
     device, dtype, N = image_size.device, image_size.dtype, num_proposals
-    ops = _ops(use_reference_ops)
+    ops = op_library(use_reference_ops)
 
     t = torch.randint(0, schedule.num_timesteps, (B,), generator=generator, device=device)
     placeholder_noise = torch.randn(B, N, 4, generator=generator, device=device, dtype=dtype)
     unit = torch.ones_like(image_size)
-    x_start = _xyxy_to_cxcywh(_pure_noise_boxes(placeholder_noise, unit, ops))
+    x_start = box_xyxy_to_cxcywh(_pure_noise_boxes(placeholder_noise, unit, ops))
 
     counts = [int(g.shape[0]) for g in gt_boxes]
     if sum(counts):
@@ -191,7 +182,7 @@ def prepare_diffusion_targets(
         counts_np = np.asarray(counts, dtype=np.int64)
         offsets_np = np.cumsum(counts_np) - counts_np
         image_of_gt = np.repeat(np.arange(B, dtype=np.int64), counts_np)
-        all_cxcywh = _xyxy_to_cxcywh(all_gt / image_size[torch.from_numpy(image_of_gt).to(device)])
+        all_cxcywh = box_xyxy_to_cxcywh(all_gt / image_size[torch.from_numpy(image_of_gt).to(device)])
         gt_cxcywh = list(all_cxcywh.split(counts))
         # GT rows that enter x_start and the flat [B*N] slots they fill: on the host for images
         # with at most N boxes (all of their boxes, in order), on the device for random subsets.
@@ -285,7 +276,7 @@ class DDIMSampler:
         image_size = _check_image_size(image_size, "DDIMSampler.sample")
         B, N = image_size.shape[0], int(num_proposals)
         device, dtype = image_size.device, image_size.dtype
-        ops = _ops(self.use_reference_ops)
+        ops = op_library(self.use_reference_ops)
         alphas = self.schedule.alphas_cumprod_host
 
         if isinstance(generator, (list, tuple)) and len(generator) != B:

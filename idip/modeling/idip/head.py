@@ -202,7 +202,6 @@ class IDIPHead(nn.Module):
     Args:
         num_classes: foreground classes.
         strides: strides of the feature levels it pools from (8, 16, 32).
-        ops: op module (:func:`idip.modeling.poolers.select_ops`).
         dim: proposal feature width (= FPN channels).
         num_stages: refinement stages (6).
         num_attn_heads, dim_feedforward, dim_dynamic, dropout: see :class:`DynamicStage`.
@@ -210,13 +209,13 @@ class IDIPHead(nn.Module):
         sampling_ratio: RoIAlign samples per bin side (2).
         prior_prob: initial foreground probability of the classifier's bias (0.01).
         num_cls_layers, num_reg_layers: hidden layers of the shared classifier (1) and regressor (3).
+        use_reference_ops: pool with ``idip.ops.reference`` instead of the kernels.
     """
 
     def __init__(
         self,
         num_classes: int,
         strides: list[int],
-        ops,
         dim: int = 256,
         num_stages: int = 6,
         num_attn_heads: int = 8,
@@ -228,11 +227,10 @@ class IDIPHead(nn.Module):
         prior_prob: float = 0.01,
         num_cls_layers: int = 1,
         num_reg_layers: int = 3,
+        use_reference_ops: bool = False,
     ):
         super().__init__()
-        self.num_classes = num_classes
-        self.num_stages = num_stages
-        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, ops)
+        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, use_reference_ops)
         self.stages = nn.ModuleList(
             DynamicStage(dim, num_attn_heads, dim_feedforward, dim_dynamic, pooler_resolution, dropout)
             for _ in range(num_stages)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..box_ops import elementwise_generalized_box_iou
+from ..op_library import op_library
+from ..poolers import box_lists_to_rois
 from .matcher import SimOTAMatcher
 
 # Masks cropped at once when building Dice targets (bounds float memory to CHUNK x H x W).
@@ -28,8 +30,9 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss.sum()
 
 
-def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
-    """Summed Dice loss ``1 - 2|P.T| / (|P| + |T|)`` of [K, ...] probabilities against targets."""
+def linear_dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
+    """Summed Dice loss ``1 - 2 sum(p t) / (sum(p) + sum(t))`` of [K, ...] probabilities against
+    targets (IDIP's form; CondInst's :func:`squared_dice_loss` squares p and t below the line)."""
     p = probs.flatten(1)
     t = targets.flatten(1)
     inter = (p * t).sum(dim=1)
@@ -37,7 +40,8 @@ def dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
     return (1 - 2 * inter / union).sum()
 
 
-def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int, ops) -> Tensor:
+def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int,
+                          use_reference_ops: bool = False) -> Tensor:
     """detectron2's BitMasks.crop_and_resize: RoIAlign (aligned, adaptive sampling) of each
     selected bitmask inside its box, thresholded at 0.5.
 
@@ -46,7 +50,7 @@ def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: 
         gt_index: [K] int64, the mask of each box.
         boxes: [K, 4] absolute xyxy boxes.
         size: output side.
-        ops: op module with ``roi_align``.
+        use_reference_ops: crop with ``idip.ops.reference`` instead of the kernel.
 
     Returns:
         [K, size, size] float {0, 1} targets.
@@ -60,14 +64,11 @@ def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: 
         chunk = unique[start : start + _MASK_CHUNK]
         rows = ((inverse >= start) & (inverse < start + chunk.shape[0])).nonzero(as_tuple=True)[0]
         rois = torch.cat([(inverse[rows] - start).to(torch.float32)[:, None], boxes[rows].float()], dim=1)
-        crops = ops.roi_align(masks[chunk][:, None].float(), rois, (size, size), 1.0, 0, True)
+        crops = op_library(use_reference_ops).roi_align(
+            masks[chunk][:, None].float(), rois, (size, size), 1.0, 0, True
+        )
         out[rows] = (crops[:, 0] >= 0.5).float()
     return out
-
-
-def _check_finite(name: str, value: Tensor) -> None:
-    if not bool(torch.isfinite(value).all()):
-        raise FloatingPointError(f"IDIP loss: non-finite values in {name}")
 
 
 class IDIPCriterion(nn.Module):
@@ -82,25 +83,28 @@ class IDIPCriterion(nn.Module):
 
     Args:
         matcher: the SimOTA matcher (its weights are the cost weights).
-        ops: op module with ``roi_align`` (mask targets).
         cls_weight, l1_weight, giou_weight, mask_weight: loss weights (2, 5, 2, 5).
         focal_alpha, focal_gamma: focal loss parameters (0.25, 2).
+        use_reference_ops: build mask targets with ``idip.ops.reference`` instead of the kernel.
+
+    Non-finite values are not checked here (a host sync per check): the trainer stops on a
+    non-finite loss.
     """
 
     def __init__(
         self,
         matcher: SimOTAMatcher,
-        ops,
         cls_weight: float = 2.0,
         l1_weight: float = 5.0,
         giou_weight: float = 2.0,
         mask_weight: float = 5.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        use_reference_ops: bool = False,
     ):
         super().__init__()
         self.matcher = matcher
-        self.ops = ops
+        self.use_reference_ops = bool(use_reference_ops)
         self.weights = {"loss_cls": cls_weight, "loss_l1": l1_weight, "loss_giou": giou_weight, "loss_mask": mask_weight}
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -127,18 +131,16 @@ class IDIPCriterion(nn.Module):
         """
         totals = {name: None for name in self.weights}
         for stage, out in enumerate(outputs):
-            for name, value in self._stage_losses(stage, out, targets, image_size, mask_logits_fn).items():
+            for name, value in self._stage_losses(out, targets, image_size, mask_logits_fn).items():
                 totals[name] = value if totals[name] is None else totals[name] + value
         num_stages = len(outputs)
         return {name: self.weights[name] * value / num_stages for name, value in totals.items()}
 
-    def _stage_losses(self, stage, out, targets, image_size, mask_logits_fn) -> dict[str, Tensor]:
+    def _stage_losses(self, out, targets, image_size, mask_logits_fn) -> dict[str, Tensor]:
         logits, boxes, feats = out["logits"], out["boxes"], out["proposal_feat"]
-        _check_finite(f"stage {stage} class logits", logits)
-        _check_finite(f"stage {stage} predicted boxes", boxes)
         b, n, c = logits.shape
         labels = torch.zeros_like(logits)
-        pred_boxes, gt_boxes, sizes, rois, roi_feats, gt_classes, mask_targets = [], [], [], [], [], [], []
+        pred_boxes, gt_boxes, sizes, dets, images, roi_feats, gt_classes, mask_targets = ([] for _ in range(8))
         for i, target in enumerate(targets):
             fg_mask, matched = self.matcher(logits[i], boxes[i], target["classes"], target["boxes"], image_size[i])
             if matched.numel() == 0:
@@ -151,7 +153,8 @@ class IDIPCriterion(nn.Module):
             gt_boxes.append(target["boxes"][matched].to(pred.dtype))
             sizes.append(image_size[i].expand(fg.shape[0], 4))
             det = pred.detach()
-            rois.append(torch.cat([torch.full_like(det[:, :1], float(i)), det], dim=1))
+            dets.append(det)
+            images.append(i)
             roi_feats.append(feats[i, fg])
             gt_classes.append(cls)
             mask_targets.append((target["masks"], matched, det))
@@ -167,18 +170,14 @@ class IDIPCriterion(nn.Module):
             gt = torch.cat(gt_boxes) / size
             loss_l1 = (pred - gt).abs().sum()
             loss_giou = (1 - elementwise_generalized_box_iou(pred, gt)).sum()
-            mask_logits = mask_logits_fn(torch.cat(rois), torch.cat(roi_feats))
-            _check_finite(f"stage {stage} mask logits", mask_logits)
+            mask_logits = mask_logits_fn(box_lists_to_rois(dets, images), torch.cat(roi_feats))
             cls = torch.cat(gt_classes)
             probs = mask_logits[torch.arange(num_matched, device=cls.device), cls].sigmoid()
             side = probs.shape[-1]
             target_masks = torch.cat(
-                [crop_and_resize_masks(m, idx, det, side, self.ops) for m, idx, det in mask_targets]
+                [crop_and_resize_masks(m, idx, det, side, self.use_reference_ops) for m, idx, det in mask_targets]
             ).to(probs.dtype)
-            loss_mask = dice_loss(probs, target_masks)
+            loss_mask = linear_dice_loss(probs, target_masks)
             losses = {"loss_cls": loss_cls, "loss_l1": loss_l1, "loss_giou": loss_giou, "loss_mask": loss_mask}
         normaliser = float(max(num_matched, 1))
-        losses = {name: value / normaliser for name, value in losses.items()}
-        for name, value in losses.items():
-            _check_finite(f"stage {stage} {name}", value)
-        return losses
+        return {name: value / normaliser for name, value in losses.items()}

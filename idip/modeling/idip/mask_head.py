@@ -19,7 +19,6 @@ class MaskHead(nn.Module):
     Args:
         num_classes: foreground classes.
         strides: feature level strides (8, 16, 32).
-        ops: op module (:func:`idip.modeling.poolers.select_ops`).
         dim: feature width.
         dim_dynamic: DynamicConv inner width.
         pooler_resolution: S.
@@ -29,13 +28,13 @@ class MaskHead(nn.Module):
         norm: "BN" (the authors'), "GN" or "" for the conv layers.
         norm_per_image: with "BN", training statistics per image (the authors run the head once
             per image), over the batched RoIs (SegmentedBatchNorm2d); False: over all RoIs.
+        use_reference_ops: pool with ``idip.ops.reference`` instead of the kernels.
     """
 
     def __init__(
         self,
         num_classes: int,
         strides: list[int],
-        ops,
         dim: int = 256,
         dim_dynamic: int = 64,
         pooler_resolution: int = 14,
@@ -44,9 +43,10 @@ class MaskHead(nn.Module):
         with_dynamic: bool = True,
         norm: str = "BN",
         norm_per_image: bool = True,
+        use_reference_ops: bool = False,
     ):
         super().__init__()
-        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, ops)
+        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, use_reference_ops)
         self.dynamic = DynamicConv(dim, dim_dynamic, pooler_resolution, with_proj=False) if with_dynamic else None
         layers = []
         for _ in range(num_convs):

@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
 from idip.config import get_cfg
 
 from ...conftest import DEVICES
-
-
-def _missing_dependencies(use_reference: bool) -> str | None:
-    """Why the model cannot be built in this checkout yet (branches land separately), or None."""
-    try:
-        from idip.data.batching import batch_images  # noqa: F401
-        from idip.modeling.backbone import build_backbone  # noqa: F401
-    except ImportError as e:
-        return f"dependency not merged yet: {e}"
-    try:
-        ops = importlib.import_module("idip.ops.reference" if use_reference else "idip.ops")
-    except ImportError as e:
-        return f"idip.ops unavailable: {e}"
-    for name in ("aligned_upsample", "dynamic_mask_head", "batched_nms"):
-        if not hasattr(ops, name):
-            return f"{ops.__name__}.{name} not merged yet"
-    return None
-
-
-def _require(use_reference: bool = True) -> None:
-    reason = _missing_dependencies(use_reference)
-    if reason:
-        pytest.skip(reason)
 
 
 def tiny_cfg(use_reference: bool = True):
@@ -110,7 +85,6 @@ def _build(cfg):
 
 
 def test_controller_predicts_169_parameters_per_location():
-    _require()
     model = _build(tiny_cfg())
     assert model.mask_head.num_gen_params == 169
     assert model.controller.out_channels == 169
@@ -118,7 +92,6 @@ def test_controller_predicts_169_parameters_per_location():
 
 
 def test_training_returns_the_four_losses_with_gradients():
-    _require()
     model = _build(tiny_cfg())
     model.train()
     losses = model(shapes_samples(2))
@@ -131,7 +104,6 @@ def test_training_returns_the_four_losses_with_gradients():
 
 
 def test_max_proposals_limits_the_mask_loss_instances(monkeypatch):
-    _require()
     cfg = tiny_cfg()
     cfg.MODEL.CONDINST.MAX_PROPOSALS = 3
     model = _build(cfg)
@@ -147,7 +119,6 @@ def test_max_proposals_limits_the_mask_loss_instances(monkeypatch):
 
 
 def test_mask_loss_at_feature_stride_switch(monkeypatch):
-    _require()
     cfg = tiny_cfg()
     cfg.MODEL.CONDINST.MASK_LOSS_AT_FEAT_STRIDE = True
     model = _build(cfg)
@@ -162,7 +133,6 @@ def test_mask_loss_at_feature_stride_switch(monkeypatch):
 
 
 def test_images_without_instances_give_finite_losses():
-    _require()
     model = _build(tiny_cfg())
     model.train()
     sample = shapes_samples(1)[0]
@@ -179,7 +149,6 @@ def test_images_without_instances_give_finite_losses():
 
 
 def test_zero_detections_give_an_empty_valid_result():
-    _require()
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = 1.1  # no probability can pass
     model = _build(cfg).eval()
@@ -194,7 +163,6 @@ def test_zero_detections_give_an_empty_valid_result():
 
 
 def test_inference_returns_masks_and_boxes_at_the_original_size():
-    _require()
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0  # an untrained model: keep every candidate
     model = _build(cfg).eval()
@@ -215,7 +183,6 @@ def test_inference_returns_masks_and_boxes_at_the_original_size():
 
 @pytest.mark.slow
 def test_loss_decreases_on_a_few_shapes_images():
-    _require()
     model = _build(tiny_cfg())
     model.train()
     samples = shapes_samples(2, seed=3)
@@ -238,7 +205,6 @@ def test_loss_decreases_on_a_few_shapes_images():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_ops_match_reference_ops(device):
-    _require(use_reference=False)
     samples = shapes_samples(2)
     outs = {}
     for use_reference in (True, False):
@@ -253,7 +219,6 @@ def test_compiled_ops_match_reference_ops(device):
 
 def test_bfloat16_autocast_on_cpu_trains_and_infers():
     """SOLVER.AMP on a CPU: the fused mask head takes bfloat16 features (computed in float32)."""
-    _require(use_reference=False)
     cfg = tiny_cfg(use_reference=False)
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
     model = _build(cfg)

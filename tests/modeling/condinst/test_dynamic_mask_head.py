@@ -1,48 +1,26 @@
-"""Dynamic-parameter layout, Dice loss and GT bitmask sampling, against hand-made values."""
+"""The dynamic mask head's parameter count, Dice loss and GT bitmask sampling, against hand-made
+values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from idip.modeling.condinst.dynamic_mask_head import (
-    dice_loss,
-    dynamic_param_counts,
-    gt_bitmasks_at_stride,
-    split_dynamic_params,
-)
+from idip.config import ConfigError
+from idip.modeling.condinst.dynamic_mask_head import DynamicMaskHead, gt_bitmasks_at_stride, squared_dice_loss
 
 
-def test_param_count_is_169_for_condinst_defaults():
-    weight_nums, bias_nums = dynamic_param_counts(in_channels=8, channels=8, num_layers=3)
-    assert weight_nums == [80, 64, 8]
-    assert bias_nums == [8, 8, 1]
-    assert sum(weight_nums) + sum(bias_nums) == 169
-    w, b = dynamic_param_counts(8, 8, 3, rel_coords=False)
-    assert sum(w) + sum(b) == 169 - 16
-    w, b = dynamic_param_counts(8, 16, 2)
-    assert (w, b) == ([160, 16], [16, 1])
-
-
-def test_split_follows_weights_first_then_biases_row_major():
-    params = torch.arange(2 * 169, dtype=torch.float32).reshape(2, 169)
-    weights, biases = split_dynamic_params(params, 8, 8, 3)
-    assert [w.shape for w in weights] == [(2, 8, 10), (2, 8, 8), (2, 1, 8)]
-    assert [b.shape for b in biases] == [(2, 8), (2, 8), (2, 1)]
-    # Layer 0 weight [out=1, in=2] is element 1*10 + 2 of the first block.
-    assert weights[0][0, 1, 2].item() == 12
-    assert weights[1][0, 0, 0].item() == 80
-    assert weights[2][1, 0, 7].item() == 169 + 80 + 64 + 7
-    assert biases[0][0, 0].item() == 152
-    assert biases[2][0, 0].item() == 168
-    with pytest.raises(ValueError, match="169"):
-        split_dynamic_params(torch.zeros(2, 168), 8, 8, 3)
+def test_head_predicts_169_parameters_and_rejects_no_layers():
+    # The layout itself is idip.ops.dynamic_mask_head_param_counts (tests/ops).
+    assert DynamicMaskHead(False, 8, 8, 3, [64, 128, 256, 512, 1024]).num_gen_params == 169
+    with pytest.raises(ConfigError, match="MODEL.CONDINST.MASK_HEAD.NUM_LAYERS"):
+        DynamicMaskHead(False, 8, 8, 0, [64, 128, 256, 512, 1024])
 
 
 def test_dice_loss_hand_values():
     scores = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])
     target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    loss = dice_loss(scores, target)
+    loss = squared_dice_loss(scores, target)
     # Row 1: perfect -> 1 - 4/(4+eps). Row 2: 1 - 2*0.5/(1 + 1 + eps). Row 3: 1 - 0.
     expected = torch.tensor([1 - 4 / (4 + 1e-5), 1 - 1 / (2 + 1e-5), 1.0])
     torch.testing.assert_close(loss, expected)

@@ -10,7 +10,7 @@ import torch
 
 from idip.config import get_cfg
 
-from .test_condinst_model import _build, _require, shapes_samples, tiny_cfg
+from .test_condinst_model import _build, shapes_samples, tiny_cfg
 
 
 @pytest.mark.parametrize("config", ["configs/CondInst_R50_1x.yaml", "configs/CondInst_R50_3x.yaml",
@@ -26,7 +26,6 @@ def test_configs_sample_positives_around_mask_centres(config):
 def test_training_targets_use_the_mask_centre_of_mass(on_mask):
     """An L-shaped mask, whose centre of mass is far from its box centre: the FCOS targets get
     the centre of mass (numpy's, over pixel indices) with the flag on, nothing without it."""
-    _require()
     cfg = tiny_cfg()
     cfg.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = on_mask
     model = _build(cfg).train()

@@ -10,9 +10,8 @@ import torch
 from idip.config import get_cfg
 from idip.modeling import build_model
 
-shapes = pytest.importorskip("idip.data.shapes")
+import idip.data.shapes as shapes  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("model_ops")
 
 
 def tiny_cfg(**overrides):

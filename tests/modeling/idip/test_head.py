@@ -40,8 +40,8 @@ def test_box_head_modulation_and_shapes():
     assert logits.shape == (2, 5, 3) and deltas.shape == (2, 5, 4)
 
 
-def test_idip_head_outputs_per_stage(roi_ops):
-    head = IDIPHead(3, [8, 16, 32], roi_ops, dim=32, num_stages=2, num_attn_heads=4, dim_feedforward=64,
+def test_idip_head_outputs_per_stage():
+    head = IDIPHead(3, [8, 16, 32], dim=32, num_stages=2, num_attn_heads=4, dim_feedforward=64,
                     dim_dynamic=8)
     boxes = torch.tensor([[[0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 60.0, 40.0], [1.0, 1.0, 2.0, 2.0]]]).repeat(2, 1, 1)
     outs = head(_features(), boxes, torch.tensor([0, 500]))
@@ -57,8 +57,8 @@ def test_idip_head_outputs_per_stage(roi_ops):
     assert head.stages[0].ffn[0].weight.grad is not None  # through the proposal features
 
 
-def test_mask_head_shapes_and_empty(roi_ops):
-    mh = MaskHead(3, [8, 16, 32], roi_ops, dim=32, dim_dynamic=8, pooler_resolution=14)
+def test_mask_head_shapes_and_empty():
+    mh = MaskHead(3, [8, 16, 32], dim=32, dim_dynamic=8, pooler_resolution=14)
     rois = torch.tensor([[0, 0.0, 0.0, 30.0, 30.0], [1, 5.0, 5.0, 50.0, 60.0]])
     assert mh(_features(), rois, torch.randn(2, 32)).shape == (2, 3, 28, 28)
     empty = mh(_features(), rois[:0], torch.randn(0, 32))

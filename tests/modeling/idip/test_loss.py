@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from idip.modeling.idip.loss import IDIPCriterion, crop_and_resize_masks, dice_loss, sigmoid_focal_loss
+from idip.modeling.idip.loss import IDIPCriterion, crop_and_resize_masks, linear_dice_loss, sigmoid_focal_loss
 from idip.modeling.idip.matcher import SimOTAMatcher
 
 
@@ -23,15 +23,15 @@ def test_dice_loss_hand_computed():
     p = torch.tensor([[[0.5, 1.0], [0.0, 0.0]]])
     t = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
     # inter 1.5, |P| 1.5, |T| 3 -> 1 - 3 / 4.5
-    assert dice_loss(p, t).item() == pytest.approx(1 - 3 / 4.5, rel=1e-6)
+    assert linear_dice_loss(p, t).item() == pytest.approx(1 - 3 / 4.5, rel=1e-6)
 
 
-def test_crop_and_resize_masks(roi_ops):
+def test_crop_and_resize_masks():
     masks = torch.zeros(2, 20, 20, dtype=torch.bool)
     masks[0, 0:10, 0:10] = True
     masks[1, 10:20, :] = True
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 10.0, 10.0]])
-    out = crop_and_resize_masks(masks, torch.tensor([0, 1, 1]), boxes, 4, roi_ops)
+    out = crop_and_resize_masks(masks, torch.tensor([0, 1, 1]), boxes, 4)
     assert out.shape == (3, 4, 4)
     assert out[0].eq(1).all()  # the box is exactly the mask
     assert out[1, :2].eq(0).all() and out[1, 2:].eq(1).all()  # bottom half
@@ -65,9 +65,9 @@ def _mask_fn(c):
     return fn
 
 
-def test_criterion_names_finite_and_empty_image(roi_ops):
+def test_criterion_names_finite_and_empty_image():
     outputs, targets, size = _setup()
-    crit = IDIPCriterion(SimOTAMatcher(), roi_ops)
+    crit = IDIPCriterion(SimOTAMatcher())
     losses = crit(outputs, targets, size, _mask_fn(3))
     assert set(losses) == {"loss_cls", "loss_l1", "loss_giou", "loss_mask"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
@@ -75,31 +75,28 @@ def test_criterion_names_finite_and_empty_image(roi_ops):
     assert outputs[0]["logits"].grad[1].abs().sum() > 0  # the image without GT still gets negatives
 
 
-def test_criterion_batch_without_gt(roi_ops):
+def test_criterion_batch_without_gt():
     outputs, targets, size = _setup(g=(0, 0))
-    losses = IDIPCriterion(SimOTAMatcher(), roi_ops)(outputs, targets, size, _mask_fn(3))
+    losses = IDIPCriterion(SimOTAMatcher())(outputs, targets, size, _mask_fn(3))
     assert losses["loss_l1"].item() == 0 and losses["loss_cls"].item() > 0
     sum(losses.values()).backward()
 
 
-def test_criterion_more_gt_than_predictions(roi_ops):
+def test_criterion_more_gt_than_predictions():
     outputs, targets, size = _setup(n=3, g=(3, 3))
     # Add many more GT boxes than predictions.
     for t in targets:
         t["boxes"] = t["boxes"].repeat(4, 1)
         t["classes"] = t["classes"].repeat(4)
         t["masks"] = t["masks"].repeat(4, 1, 1)
-    losses = IDIPCriterion(SimOTAMatcher(), roi_ops)(outputs, targets, size, _mask_fn(3))
+    losses = IDIPCriterion(SimOTAMatcher())(outputs, targets, size, _mask_fn(3))
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_criterion_rejects_non_finite(roi_ops):
+def test_criterion_passes_non_finite_on_to_the_trainer():
+    # No host-syncing check per stage: a NaN logit gives a NaN loss, which the trainer stops on.
     outputs, targets, size = _setup()
-    outputs[0]["boxes"] = outputs[0]["boxes"].detach().clone()
-    outputs[0]["boxes"][0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="predicted boxes"):
-        IDIPCriterion(SimOTAMatcher(), roi_ops)(outputs, targets, size, _mask_fn(3))
-    outputs, targets, size = _setup()
-    outputs[0]["logits"] = outputs[0]["logits"].detach() * float("inf")
-    with pytest.raises(FloatingPointError, match="class logits"):
-        IDIPCriterion(SimOTAMatcher(), roi_ops)(outputs, targets, size, _mask_fn(3))
+    outputs[0]["logits"] = outputs[0]["logits"].detach().clone()
+    outputs[0]["logits"][0, 0, 0] = float("nan")
+    losses = IDIPCriterion(SimOTAMatcher())(outputs, targets, size, _mask_fn(3))
+    assert not torch.isfinite(losses["loss_cls"])

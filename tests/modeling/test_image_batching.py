@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from idip.data import batch_images
+from idip.modeling.image_batching import batch_images
 
 
 def test_pads_bottom_right_to_a_multiple():
