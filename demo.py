@@ -19,7 +19,6 @@ import os
 import sys
 from typing import Sequence
 
-
 from idip.config import ConfigError, setup_cfg
 from idip.data.image_io import ImageReadError, read_image
 from idip.engine.cli import run_cli
@@ -32,12 +31,22 @@ logger = logging.getLogger("idip.demo")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
-    parser.add_argument("--output", required=True, help="output folder, or a .png file for one input")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder, or a .png file for one input"
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="minimum score drawn"
+    )
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
+    )
     return parser.parse_args(argv)
 
 
@@ -47,7 +56,9 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         if os.path.isdir(pattern):
             files += sorted(
-                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
             )
         elif os.path.isfile(pattern):
             files.append(pattern)
@@ -72,7 +83,9 @@ def class_names_of(cfg) -> list[str] | None:
         register_from_cfg(cfg)
         return list(get_dataset(names[0]).thing_classes)
     except Exception as err:  # names are cosmetic: draw "class k" rather than fail
-        logger.warning("class names of %s unavailable (%s); labels are drawn as numbers", names[0], err)
+        logger.warning(
+            "class names of %s unavailable (%s); labels are drawn as numbers", names[0], err
+        )
         return None
 
 
@@ -95,7 +108,9 @@ def output_path(output: str, source: str, single: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise ConfigError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+        raise ConfigError(
+            f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
+        )
     cfg = setup_cfg(args.config_file or None, args.opts)
     setup_logger(None)
     files = expand_inputs(args.input)
@@ -111,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = output_path(args.output, path, single=len(files) == 1)
         drawn.save(target)
         kept = int((predictions["scores"] >= args.confidence_threshold).sum())
-        logger.info("%s: %d instance(s) above %.2f -> %s", path, kept, args.confidence_threshold, target)
+        logger.info(
+            "%s: %d instance(s) above %.2f -> %s", path, kept, args.confidence_threshold, target
+        )
     return 0
 
 

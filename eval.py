@@ -18,18 +18,20 @@ from typing import Sequence
 from idip.config import ConfigError, setup_cfg
 from idip.engine.checkpoint import load_weights
 from idip.engine.cli import add_config_arguments, run_cli
-from idip.utils.distributed import get_rank, init_distributed, is_main_process
 from idip.engine.evaluate import evaluate_datasets
-from idip.evaluation import format_ap_table
 from idip.engine.logger import setup_logger
 from idip.engine.runtime import configure_torch
+from idip.evaluation import format_ap_table
 from idip.modeling.build import build_model, resolve_device
+from idip.utils.distributed import get_rank, init_distributed, is_main_process
 
 logger = logging.getLogger("idip.eval")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = setup_cfg(args.config_file or None, args.opts)
@@ -38,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logger(cfg.OUTPUT_DIR, get_rank())
     configure_torch(cfg)
     if not cfg.MODEL.WEIGHTS:
-        raise ConfigError("config key 'MODEL.WEIGHTS' is empty; give the checkpoint to evaluate (MODEL.WEIGHTS path)")
+        raise ConfigError(
+            "config key 'MODEL.WEIGHTS' is empty; give the checkpoint to evaluate (MODEL.WEIGHTS path)"
+        )
     if not cfg.DATASETS.TEST:
         raise ConfigError("config key 'DATASETS.TEST' is empty; name the dataset(s) to evaluate on")
     model = build_model(cfg)

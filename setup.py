@@ -115,7 +115,9 @@ def get_extensions():
         )
     else:
         print("[idip]   no CUDA kernels (no GPU visible and FORCE_CUDA != 1)")
-    print(f"[idip]   {len(sources)} sources; MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}")
+    print(
+        f"[idip]   {len(sources)} sources; MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}"
+    )
     for src in sources:
         print(f"[idip]     {src}")
 
@@ -190,7 +192,15 @@ setup(
     description="IDIP and CondInst instance segmentation on plain PyTorch with C++/CUDA kernels",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "configs")),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "pycocotools", "pyyaml", "pillow", "tensorboard", "tqdm"],
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "pycocotools",
+        "pyyaml",
+        "pillow",
+        "tensorboard",
+        "tqdm",
+    ],
     ext_modules=get_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

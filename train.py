@@ -22,24 +22,33 @@ from idip.engine.trainer import Trainer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint when it exists"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--start-over", action="store_true",
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last_checkpoint when it exists",
+    )
+    parser.add_argument(
+        "--start-over",
+        action="store_true",
         help="train from scratch in an OUTPUT_DIR that holds a previous run (its files are moved "
-             "to OUTPUT_DIR/replaced_run_<time>/); without it, such a folder is refused",
+        "to OUTPUT_DIR/replaced_run_<time>/); without it, such a folder is refused",
     )
     parser.add_argument(
-        "--allow-config-change", action="store_true",
+        "--allow-config-change",
+        action="store_true",
         help="with --resume: continue even when the config changed in a way that makes the result "
-             "differ from an uninterrupted run (model, data, batch, optimizer, seed)",
+        "differ from an uninterrupted run (model, data, batch, optimizer, seed)",
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    for flag, attr in (("--resume", "resume"), ("--start-over", "start_over"),
-                       ("--allow-config-change", "allow_config_change")):
+    for flag, attr in (
+        ("--resume", "resume"),
+        ("--start-over", "start_over"),
+        ("--allow-config-change", "allow_config_change"),
+    ):
         if flag in args.opts:  # given after the overrides, where argparse leaves it in opts
             args.opts.remove(flag)
             setattr(args, attr, True)
@@ -51,8 +60,12 @@ def main(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer
     if args.resume and args.start_over:
         raise ConfigError("--resume and --start-over exclude each other")
     cfg = setup_cfg(args.config_file or None, args.opts)
-    trainer = trainer_cls(cfg, resume=args.resume, start_over=args.start_over,
-                          allow_config_change=args.allow_config_change)
+    trainer = trainer_cls(
+        cfg,
+        resume=args.resume,
+        start_over=args.start_over,
+        allow_config_change=args.allow_config_change,
+    )
     trainer.train()
     return 0
 

@@ -59,7 +59,13 @@ def make_batch(n: int, h: int, w: int, device: str, with_targets: bool, gen: tor
     batch = []
     for i in range(n):
         img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-        sample = {"image": img.to(device), "height": h, "width": w, "image_id": i, "file_name": f"{i}.png"}
+        sample = {
+            "image": img.to(device),
+            "height": h,
+            "width": w,
+            "image_id": i,
+            "file_name": f"{i}.png",
+        }
         if with_targets:
             g = 8
             xy = torch.rand(g, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
@@ -89,7 +95,9 @@ def row_key(row: dict) -> tuple:
     return (row["model"], row["ops"], row["mode"], row["batch"], row["dtype"])
 
 
-def planned_keys(models: list[str], batches: list[int], dtypes: list[str], train: bool) -> list[tuple]:
+def planned_keys(
+    models: list[str], batches: list[int], dtypes: list[str], train: bool
+) -> list[tuple]:
     """Every row a run with these arguments measures, in order."""
     keys = []
     for arch in models:
@@ -100,9 +108,20 @@ def planned_keys(models: list[str], batches: list[int], dtypes: list[str], train
     return keys
 
 
-def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup: int,
-               batches: list[int], dtypes: list[str], train: bool, rows: list[dict], save,
-               run: dict | None = None, remeasure: bool = False) -> None:
+def bench_arch(
+    arch: str,
+    device: str,
+    size: tuple[int, int],
+    reps: int,
+    warmup: int,
+    batches: list[int],
+    dtypes: list[str],
+    train: bool,
+    rows: list[dict],
+    save,
+    run: dict | None = None,
+    remeasure: bool = False,
+) -> None:
     """Appends ``arch``'s rows to ``rows``, calling ``save()`` after each (a run cut short keeps
     what it measured). Rows already in ``rows`` without an error are not measured again unless
     ``remeasure``. Each row carries ``run`` (the commit, date, repetitions of the run that
@@ -112,10 +131,16 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
     h, w = size
     for reference in (False, True):
         label = "reference ops" if reference else "idip kernels"
-        todo = [k for k in planned_keys([arch], batches, dtypes, train) if k[1] == label and k not in done]
+        todo = [
+            k
+            for k in planned_keys([arch], batches, dtypes, train)
+            if k[1] == label and k not in done
+        ]
         if not todo:
             continue
-        rows[:] = [r for r in rows if row_key(r) not in todo]  # errors and --remeasure rows: replaced
+        rows[:] = [
+            r for r in rows if row_key(r) not in todo
+        ]  # errors and --remeasure rows: replaced
         torch.manual_seed(0)  # both implementations get the same weights, hence the same workload
         model = build_model(make_cfg(arch, device, reference))
         model.eval()
@@ -130,25 +155,47 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
                 detections = []
 
                 def infer():
-                    with torch.inference_mode(), torch.autocast(
-                        device_type="cuda" if device.startswith("cuda") else "cpu",
-                        dtype=torch.bfloat16, enabled=dtype == "bf16",
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(
+                            device_type="cuda" if device.startswith("cuda") else "cpu",
+                            dtype=torch.bfloat16,
+                            enabled=dtype == "bf16",
+                        ),
                     ):
                         out = model(batch)
                     detections.append(sum(len(r["scores"]) for r in out) / len(out))
 
                 try:
                     ms = time_fn(infer, device, reps=reps, warmup=warmup)
-                    rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
-                                 "dtype": dtype, "time_ms": ms, "images_per_s": bs / (ms * 1e-3),
-                                 "detections_per_image": detections[-1], **run})
+                    rows.append(
+                        {
+                            "model": arch,
+                            "ops": label,
+                            "mode": "inference",
+                            "batch": bs,
+                            "dtype": dtype,
+                            "time_ms": ms,
+                            "images_per_s": bs / (ms * 1e-3),
+                            "detections_per_image": detections[-1],
+                            **run,
+                        }
+                    )
                 except Exception as err:  # reported, never estimated
-                    rows.append({"model": arch, "ops": label, "mode": "inference", "batch": bs,
-                                 "dtype": dtype, "error": f"{type(err).__name__}: {err}"[:300]})
+                    rows.append(
+                        {
+                            "model": arch,
+                            "ops": label,
+                            "mode": "inference",
+                            "batch": bs,
+                            "dtype": dtype,
+                            "error": f"{type(err).__name__}: {err}"[:300],
+                        }
+                    )
                 print(f"[bench_model] {rows[-1]}", flush=True)
                 save()
         if (arch, label, "train", 2, "fp32") not in todo:
-            del model
+            model = None  # frees it before the next model is built
             continue
         model.train()
         gen = torch.Generator().manual_seed(2)
@@ -166,14 +213,32 @@ def bench_arch(arch: str, device: str, size: tuple[int, int], reps: int, warmup:
             torch.cuda.reset_peak_memory_stats()
         try:
             ms = time_fn(step, device, reps=reps, warmup=warmup)
-            rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
-                         "time_ms": ms, "peak_memory_mb": peak_memory_mb(device), **run})
+            rows.append(
+                {
+                    "model": arch,
+                    "ops": label,
+                    "mode": "train",
+                    "batch": 2,
+                    "dtype": "fp32",
+                    "time_ms": ms,
+                    "peak_memory_mb": peak_memory_mb(device),
+                    **run,
+                }
+            )
         except Exception as err:
-            rows.append({"model": arch, "ops": label, "mode": "train", "batch": 2, "dtype": "fp32",
-                         "error": f"{type(err).__name__}: {err}"[:300]})
+            rows.append(
+                {
+                    "model": arch,
+                    "ops": label,
+                    "mode": "train",
+                    "batch": 2,
+                    "dtype": "fp32",
+                    "error": f"{type(err).__name__}: {err}"[:300],
+                }
+            )
         print(f"[bench_model] {rows[-1]}", flush=True)
         save()
-        del model, opt
+        model = opt = None  # frees them before the next model is built
 
 
 def resume_result(path: str, device: str, size: tuple[int, int], run: dict) -> dict:
@@ -192,47 +257,83 @@ def resume_result(path: str, device: str, size: tuple[int, int], run: dict) -> d
             f"{result.get('image_size')}; this run is {device!r} at {list(size)}"
         )
     if result.get("torch", torch.__version__) != torch.__version__:
-        raise SystemExit(f"--resume: {path} was measured with torch {result.get('torch')}; this is "
-                         f"torch {torch.__version__} (start a new file)")
+        raise SystemExit(
+            f"--resume: {path} was measured with torch {result.get('torch')}; this is "
+            f"torch {torch.__version__} (start a new file)"
+        )
     first = {k: result.get(k) for k in ("commit", "date", "reps", "warmup")}
     result.setdefault("runs", [first]).append(run)
     return result
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="*", default=list(CONFIGS))
-    parser.add_argument("--size", nargs=2, type=int, default=None, help="H W (default 800 1333; CPU 320 512)")
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=None, help="H W (default 800 1333; CPU 320 512)"
+    )
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 cuda, 3 cpu)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5 cuda, 1 cpu)")
-    parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                        help="inference dtypes (bf16: autocast)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions (default 20 cuda, 3 cpu)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs first (default 5 cuda, 1 cpu)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="*",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16"],
+        help="inference dtypes (bf16: autocast)",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training-iteration rows")
     parser.add_argument("--out")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the rows --out already has and measure only the missing ones")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="with --resume: measure this run's rows again even where --out has "
-                             "them (e.g. after the workload changed); the file's other rows stay")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows --out already has and measure only the missing ones",
+    )
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="with --resume: measure this run's rows again even where --out has "
+        "them (e.g. after the workload changed); the file's other rows stay",
+    )
     args = parser.parse_args(argv)
     on_cpu = not args.device.startswith("cuda")
     size = tuple(args.size) if args.size else ((320, 512) if on_cpu else (800, 1333))
     reps = args.reps or (3 if on_cpu else 20)
     warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 5)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run = {"commit": commit, "date": date, "reps": reps, "warmup": warmup}
     rows: list[dict] = []
     result = {
-        "model": True, "device": device_name(args.device), "device_kind": args.device,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit,
+        "model": True,
+        "device": device_name(args.device),
+        "device_kind": args.device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "commit": commit,
         "date": date,
-        "image_size": list(size), "reps": reps, "warmup": warmup, "complete": False,
-        "note": (f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
-                 "measured on a CPU") if on_cpu else f"{size[0]}x{size[1]} input",
+        "image_size": list(size),
+        "reps": reps,
+        "warmup": warmup,
+        "complete": False,
+        "note": (
+            f"CPU run at a reduced image size ({size[0]}x{size[1]}); peak memory is not "
+            "measured on a CPU"
+        )
+        if on_cpu
+        else f"{size[0]}x{size[1]} input",
         "rows": rows,
         "runs": [run],
     }
@@ -248,21 +349,41 @@ def main(argv=None) -> None:
             os.replace(tmp, args.out)
 
     for arch in args.models:
-        bench_arch(arch, args.device, size, reps, warmup, args.batches, args.dtypes,
-                   not args.no_train, rows, save, run, args.remeasure)
+        bench_arch(
+            arch,
+            args.device,
+            size,
+            reps,
+            warmup,
+            args.batches,
+            args.dtypes,
+            not args.no_train,
+            rows,
+            save,
+            run,
+            args.remeasure,
+        )
     # complete: every row of the default plan (both dtypes, batches 1 and 8, training) is there
     have = {row_key(r) for r in rows if "error" not in r}
-    result["complete"] = all(k in have for k in planned_keys(list(CONFIGS), [1, 8], ["fp32", "bf16"], True))
+    result["complete"] = all(
+        k in have for k in planned_keys(list(CONFIGS), [1, 8], ["fp32", "bf16"], True)
+    )
     save()
     print(f"\n{result['device']} | {size[0]}x{size[1]} | commit {commit}")
-    print(f"{'model':9s} {'ops':14s} {'mode':9s} {'batch':>5s} {'dtype':5s} {'ms':>10s} {'img/s':>8s} {'mem MB':>8s}")
+    print(
+        f"{'model':9s} {'ops':14s} {'mode':9s} {'batch':>5s} {'dtype':5s} {'ms':>10s} {'img/s':>8s} {'mem MB':>8s}"
+    )
     for r in rows:
         if "error" in r:
-            print(f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} error: {r['error']}")
+            print(
+                f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} error: {r['error']}"
+            )
             continue
         ips = f"{r['images_per_s']:.2f}" if "images_per_s" in r else ""
         mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else ""
-        print(f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} {r['time_ms']:10.1f} {ips:>8s} {mem:>8s}")
+        print(
+            f"{r['model']:9s} {r['ops']:14s} {r['mode']:9s} {r['batch']:5d} {r['dtype']:5s} {r['time_ms']:10.1f} {ips:>8s} {mem:>8s}"
+        )
     if args.out:
         print(f"written {args.out}")
 

@@ -70,8 +70,9 @@ def _torchvision_version() -> str | None:
     return torchvision.__version__
 
 
-def run(device: str, only: list[str] | None, reps: int, warmup: int,
-        compile_reference: bool = False) -> dict:
+def run(
+    device: str, only: list[str] | None, reps: int, warmup: int, compile_reference: bool = False
+) -> dict:
     peaks = measure_peaks(device)
     rows = []
     for case in load_cases(device, only):
@@ -124,8 +125,10 @@ def run(device: str, only: list[str] | None, reps: int, warmup: int,
 
 def print_table(result: dict) -> None:
     print(f"\n{result['device']} | torch {result['torch']} | commit {result['commit']}")
-    print(f"peaks: copy {result['peaks']['copy_GB_per_s']:.1f} GB/s, "
-          f"matmul {result['peaks']['matmul_TFLOP_per_s']:.2f} TFLOP/s")
+    print(
+        f"peaks: copy {result['peaks']['copy_GB_per_s']:.1f} GB/s, "
+        f"matmul {result['peaks']['matmul_TFLOP_per_s']:.2f} TFLOP/s"
+    )
     header = f"{'case':58s} {'reference':>10s} {'ours':>10s} {'speedup':>8s}  rate"
     print(header)
     print("-" * len(header))
@@ -140,23 +143,32 @@ def print_table(result: dict) -> None:
         elif row.get("TFLOP_per_s"):
             rate = f"{row['TFLOP_per_s']:.3f} TFLOP/s ({100 * row['fraction_of_peak_flops']:.0f}%)"
         extra = "".join(
-            f"  {k[len('speedup_vs_'):]}: {v:.2f}x" for k, v in row.items()
+            f"  {k[len('speedup_vs_') :]}: {v:.2f}x"
+            for k, v in row.items()
             if k.startswith("speedup_vs_") and k != "speedup_vs_reference" and v
         )
         print(f"{row['name']:58s} {ref:>10s} {ours:>10s} {sp:>8s}  {rate}{extra}")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--only", nargs="*", help="run only cases whose name contains one of these words")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 50 cuda, 10 cpu)")
+    parser.add_argument(
+        "--only", nargs="*", help="run only cases whose name contains one of these words"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions (default 50 cuda, 10 cpu)"
+    )
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument(
-        "--compile-reference", action=argparse.BooleanOptionalAction, default=None,
+        "--compile-reference",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="also time torch.compile of each reference (default: on for cuda, off for cpu, where "
-             "inductor's C++ compile of every case takes minutes on a small machine)",
+        "inductor's C++ compile of every case takes minutes on a small machine)",
     )
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")

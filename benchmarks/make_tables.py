@@ -43,13 +43,20 @@ def _fmt_x(value) -> str:
 
 def _rate(row: dict) -> str:
     if row.get("GB_per_s"):
-        return f"{row['GB_per_s']:.1f} GB/s ({100 * row['fraction_of_peak_bandwidth']:.0f}% of peak)"
+        return (
+            f"{row['GB_per_s']:.1f} GB/s ({100 * row['fraction_of_peak_bandwidth']:.0f}% of peak)"
+        )
     if row.get("TFLOP_per_s"):
-        return f"{row['TFLOP_per_s']:.3f} TFLOP/s ({100 * row['fraction_of_peak_flops']:.0f}% of peak)"
+        return (
+            f"{row['TFLOP_per_s']:.3f} TFLOP/s ({100 * row['fraction_of_peak_flops']:.0f}% of peak)"
+        )
     return ""
 
 
-BASELINES = (("compiled_reference", "torch.compile(reference) ms"), ("torchvision", "torchvision ms"))
+BASELINES = (
+    ("compiled_reference", "torch.compile(reference) ms"),
+    ("torchvision", "torchvision ms"),
+)
 
 
 def _baseline_cell(res: dict, row: dict, label: str) -> str:
@@ -88,8 +95,11 @@ def ops_table(results: list[dict]) -> str:
                 names.append(row["name"])
     header = ["case"]
     for res in results:
-        header += [f"{res['device']}: reference ms"] + [title for _, title in BASELINES] + \
-                  ["ours ms", "speedup vs reference", "vs fastest baseline", "rate"]
+        header += (
+            [f"{res['device']}: reference ms"]
+            + [title for _, title in BASELINES]
+            + ["ours ms", "speedup vs reference", "vs fastest baseline", "rate"]
+        )
     per_device = 5 + len(BASELINES)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -102,17 +112,23 @@ def ops_table(results: list[dict]) -> str:
             t = row["time_ms"]
             cells += [_fmt_ms(t.get("reference"))]
             cells += [_baseline_cell(res, row, label) for label, _ in BASELINES]
-            cells += [_fmt_ms(t.get("ours")), _fmt_x(row.get("speedup_vs_reference")),
-                      _best_baseline_speedup(row), _rate(row)]
+            cells += [
+                _fmt_ms(t.get("ours")),
+                _fmt_x(row.get("speedup_vs_reference")),
+                _best_baseline_speedup(row),
+                _rate(row),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _ops_detail(res: dict) -> str:
     peaks = res.get("peaks", {})
-    return (f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
-            f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
-            f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s")
+    return (
+        f"commit {res.get('commit')}, {res.get('date')}, {res.get('reps')} repetitions (median); "
+        f"measured peaks: copy {peaks.get('copy_GB_per_s', 0):.1f} GB/s, "
+        f"fp32 matmul {peaks.get('matmul_TFLOP_per_s', 0):.3f} TFLOP/s"
+    )
 
 
 def _row_runs(res: dict) -> list[tuple[dict, int]]:
@@ -128,12 +144,16 @@ def _row_runs(res: dict) -> list[tuple[dict, int]]:
 
 
 def _model_detail(res: dict) -> str:
-    state = "" if res.get("complete", True) else \
-        "; not every row was run: the missing ones are not measured"
+    state = (
+        ""
+        if res.get("complete", True)
+        else "; not every row was run: the missing ones are not measured"
+    )
     runs = "; ".join(
         f"{count} row{'s' if count > 1 else ''} at commit {run['commit']}, {run['date']}, "
         f"median of {run['reps']} after {run['warmup']} warm-up"
-        for run, count in _row_runs(res))
+        for run, count in _row_runs(res)
+    )
     return f"{res.get('note', '')}{state}; measured: {runs}"
 
 
@@ -145,8 +165,10 @@ def provenance(results: list[dict], detail=_ops_detail) -> str:
         if res.get("_file") is None:
             lines.append(f"- {res['device']}: {NOT_MEASURED} (no GPU run has been committed yet).")
             continue
-        lines.append(f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, "
-                     f"CUDA {res.get('cuda')}; {detail(res)}.")
+        lines.append(
+            f"- {res['device']} — `{res['_file']}`: torch {res.get('torch')}, "
+            f"CUDA {res.get('cuda')}; {detail(res)}."
+        )
     return "\n".join(lines)
 
 
@@ -185,11 +207,20 @@ def model_table(results: list[dict]) -> str:
     for key in keys:
         cells = [key[0], key[1], str(key[2]), key[3]]
         for res in results:
-            ours = next((r for r in res["rows"] if _model_key(r) == key and r["ops"] == "idip kernels"), None)
-            ref = next((r for r in res["rows"] if _model_key(r) == key and r["ops"] == "reference ops"), None)
+            ours = next(
+                (r for r in res["rows"] if _model_key(r) == key and r["ops"] == "idip kernels"),
+                None,
+            )
+            ref = next(
+                (r for r in res["rows"] if _model_key(r) == key and r["ops"] == "reference ops"),
+                None,
+            )
             both = ours and ref and "time_ms" in ours and "time_ms" in ref
-            cells += [_model_cell(ours), _model_cell(ref),
-                      f"{ref['time_ms'] / ours['time_ms']:.2f}x" if both else NOT_MEASURED]
+            cells += [
+                _model_cell(ours),
+                _model_cell(ref),
+                f"{ref['time_ms'] / ours['time_ms']:.2f}x" if both else NOT_MEASURED,
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,11 +231,16 @@ def render() -> str:
     models = [r for r in results if r.get("model")]
     if not any(r.get("device_kind", "").startswith("cuda") for r in models):
         models.append({"device": "GPU (H100)", "device_kind": "cuda", "rows": [], "_file": None})
-    return "\n\n".join([
-        "### Ops (`bench_ops.py`)", provenance(ops), ops_table(ops),
-        "### Models (`bench_model.py`): R50, random weights", provenance(models, _model_detail),
-        model_table(models),
-    ])
+    return "\n\n".join(
+        [
+            "### Ops (`bench_ops.py`)",
+            provenance(ops),
+            ops_table(ops),
+            "### Models (`bench_model.py`): R50, random weights",
+            provenance(models, _model_detail),
+            model_table(models),
+        ]
+    )
 
 
 def main() -> None:

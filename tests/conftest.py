@@ -101,7 +101,8 @@ _counts = {"cuda_emu_passed": 0, "cuda_emu_not_passed": [], "cuda_op_tests": 0}
 
 def pytest_collection_finish(session):
     _counts["cuda_op_tests"] = sum(
-        1 for item in session.items
+        1
+        for item in session.items
         if "cuda" in item.keywords and item.nodeid.startswith("tests/ops/")
     )
 

@@ -25,8 +25,13 @@ FLOAT_TYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 def _close(name, got, want, tol):
-    torch.testing.assert_close(got.detach().cpu().float(), want.detach().cpu().float(),
-                               rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(
+        got.detach().cpu().float(),
+        want.detach().cpu().float(),
+        rtol=tol,
+        atol=tol,
+        msg=lambda m: f"{name}: {m}",
+    )
 
 
 def _tol(dtype):
@@ -55,10 +60,12 @@ def exercise_roi_align(device, dtype, gen):
         if multilevel:
             out = ops.multilevel_roi_align(dev, rois.to(device, dtype), 7, scales, 2, True, 56, 4)
             grads, g = _backward(out, dev, gen)
-            want = torch.ops.idip.multilevel_roi_align(cpu, _as_oracle(rois, dtype), 7, 7, scales,
-                                                       2, True, 56.0, 4)
-            want_grads = torch.autograd.grad(want, cpu, _as_oracle(g.cpu(), dtype),
-                                             allow_unused=True)
+            want = torch.ops.idip.multilevel_roi_align(
+                cpu, _as_oracle(rois, dtype), 7, 7, scales, 2, True, 56.0, 4
+            )
+            want_grads = torch.autograd.grad(
+                want, cpu, _as_oracle(g.cpu(), dtype), allow_unused=True
+            )
         else:
             out = ops.roi_align(dev[0], rois.to(device, dtype), (5, 4), 1 / 8, -1, True)
             grads, g = _backward(out, dev[:1], gen)
@@ -67,8 +74,9 @@ def exercise_roi_align(device, dtype, gen):
         _close(f"roi_align(multilevel={multilevel}, {dtype})", out, want, _tol(dtype))
         for a, b in zip(grads, want_grads):
             if b is not None:
-                _close(f"roi_align backward (multilevel={multilevel}, {dtype})", a, b,
-                       3 * _tol(dtype))
+                _close(
+                    f"roi_align backward (multilevel={multilevel}, {dtype})", a, b, 3 * _tol(dtype)
+                )
 
 
 def exercise_nms(device, dtype, gen):
@@ -123,21 +131,39 @@ def exercise_dynamic_mask_head(device, dtype, gen):
         soi = torch.full((n,), 64.0)
         kw = dict(mask_stride=8, channels=channels)
         fd, pd = feats.to(device, dtype).requires_grad_(), params.to(device, dtype).requires_grad_()
-        out = ops.dynamic_mask_head(fd, pd, im_inds.to(device), locations.to(device, dtype),
-                                    soi.to(device, dtype), **kw)
+        out = ops.dynamic_mask_head(
+            fd, pd, im_inds.to(device), locations.to(device, dtype), soi.to(device, dtype), **kw
+        )
         grads, g = _backward(out, [fd, pd], gen)
         fc = _as_oracle(feats, dtype).requires_grad_()
         pc = _as_oracle(params, dtype).requires_grad_()
-        want = torch.ops.idip.dynamic_mask_head(fc, pc, im_inds, _as_oracle(locations, dtype),
-                                                _as_oracle(soi, dtype), 8, channels, 3, True)
+        want = torch.ops.idip.dynamic_mask_head(
+            fc,
+            pc,
+            im_inds,
+            _as_oracle(locations, dtype),
+            _as_oracle(soi, dtype),
+            8,
+            channels,
+            3,
+            True,
+        )
         want_grads = torch.autograd.grad(want, [fc, pc], _as_oracle(g.cpu(), dtype))
         scale = max(1.0, want.abs().max().item())
-        _close(f"dynamic_mask_head(C={feat_channels}, width {channels}, {dtype})", out / scale,
-               want / scale, _tol(dtype))
+        _close(
+            f"dynamic_mask_head(C={feat_channels}, width {channels}, {dtype})",
+            out / scale,
+            want / scale,
+            _tol(dtype),
+        )
         for a, b in zip(grads, want_grads):
             s = max(1.0, b.abs().max().item())
-            _close(f"dynamic_mask_head backward (width {channels}, {dtype})", a / s, b / s,
-                   3 * _tol(dtype))
+            _close(
+                f"dynamic_mask_head backward (width {channels}, {dtype})",
+                a / s,
+                b / s,
+                3 * _tol(dtype),
+            )
 
 
 def exercise_box_ops(device, dtype, gen):
@@ -148,30 +174,48 @@ def exercise_box_ops(device, dtype, gen):
     ac = torch.linspace(0.9999, 1e-4, T, dtype=torch.float64)
     wh = torch.randint(16, 1400, (B, 2), generator=gen).float()
     size = torch.cat([wh, wh], 1)
-    got = ops.box_q_sample(x_start.to(device, dtype), noise.to(device, dtype), t.to(device),
-                           ac.to(device), size.to(device, dtype))
+    got = ops.box_q_sample(
+        x_start.to(device, dtype),
+        noise.to(device, dtype),
+        t.to(device),
+        ac.to(device),
+        size.to(device, dtype),
+    )
     low = [v.to(dtype).float() for v in (x_start, noise, size)]
     want = torch.ops.idip.box_q_sample(low[0], low[1], t, ac.to(dtype).double(), low[2])
     _close(f"box_q_sample x_t ({dtype})", got[0], want[0], _tol(dtype))
     pred = torch.rand(B, N, 4, generator=gen) * 500
     keep = torch.rand(B, N, generator=gen) < 0.4
     renew = torch.randn(B, N, 4, generator=gen)
-    got = ops.box_ddim_step(x_start.to(device, dtype), pred.to(device, dtype),
-                            size.to(device, dtype), 0.2, 0.5, 1.0, keep.to(device),
-                            noise.to(device, dtype), renew.to(device, dtype))
+    got = ops.box_ddim_step(
+        x_start.to(device, dtype),
+        pred.to(device, dtype),
+        size.to(device, dtype),
+        0.2,
+        0.5,
+        1.0,
+        keep.to(device),
+        noise.to(device, dtype),
+        renew.to(device, dtype),
+    )
     low = [v.to(dtype).float() for v in (x_start, pred, size, noise, renew)]
-    want = torch.ops.idip.box_ddim_step(low[0], low[1], low[2], 0.2, 0.5, 1.0, keep, low[3],
-                                        low[4])
+    want = torch.ops.idip.box_ddim_step(low[0], low[1], low[2], 0.2, 0.5, 1.0, keep, low[3], low[4])
     _close(f"box_ddim_step x_next ({dtype})", got[0], want[0], 2 * _tol(dtype))
 
 
-EXERCISES = [exercise_roi_align, exercise_nms, exercise_aligned_upsample,
-             exercise_dynamic_mask_head, exercise_box_ops]
+EXERCISES = [
+    exercise_roi_align,
+    exercise_nms,
+    exercise_aligned_upsample,
+    exercise_dynamic_mask_head,
+    exercise_box_ops,
+]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cuda-emu", "cpu"])
     args = parser.parse_args(argv)
     device = "cpu" if args.device == "cuda-emu" else args.device
@@ -182,8 +226,10 @@ def main(argv=None) -> int:
         for exercise in EXERCISES:
             for dtype in dtypes:
                 exercise(device, dtype, gen)
-            print(f"{exercise.__name__[len('exercise_'):]}: ok ({', '.join(map(str, dtypes))})",
-                  flush=True)
+            print(
+                f"{exercise.__name__[len('exercise_') :]}: ok ({', '.join(map(str, dtypes))})",
+                flush=True,
+            )
     if device == "cuda":
         torch.cuda.synchronize()
     print(f"every kernel ran on {args.device} and matched the CPU kernels")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import torch
+from timing import Case
 
 import idip.ops
 from idip.ops import reference as ref
-from timing import Case
 
 
 def cases(device: str) -> list[Case]:
     out = []
     for B, N in [(16, 300)]:
+
         def setup(B=B, N=N):
             g = torch.Generator().manual_seed(0)
             x = torch.rand(B, N, 4, generator=g) * 2 - 1
@@ -21,10 +22,17 @@ def cases(device: str) -> list[Case]:
             size = torch.tensor([[1216.0, 800.0, 1216.0, 800.0]]).repeat(B, 1)
             return [v.to(device) for v in (x, noise, t, ac, size)]
 
-        out.append(Case(
-            name=f"box_q_sample fwd (B={B}, N={N})", group="diffusion", pass_kind="fwd",
-            setup=setup,
-            impls={"reference": lambda a: ref.box_q_sample(*a), "ours": lambda a: idip.ops.box_q_sample(*a)},
-            bytes=B * N * 4 * 4 * 4,  # read x_start, noise; write x_t, boxes (float32)
-        ))
+        out.append(
+            Case(
+                name=f"box_q_sample fwd (B={B}, N={N})",
+                group="diffusion",
+                pass_kind="fwd",
+                setup=setup,
+                impls={
+                    "reference": lambda a: ref.box_q_sample(*a),
+                    "ours": lambda a: idip.ops.box_q_sample(*a),
+                },
+                bytes=B * N * 4 * 4 * 4,  # read x_start, noise; write x_t, boxes (float32)
+            )
+        )
     return out

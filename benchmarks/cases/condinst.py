@@ -8,10 +8,10 @@ mask loss; masks are upsampled x2 to stride 4 for the Dice loss.
 from __future__ import annotations
 
 import torch
+from timing import Case
 
 import idip.ops
 from idip.ops import reference as ref
-from timing import Case
 
 B, C, H, W, STRIDE = 2, 8, 100, 152, 8
 
@@ -45,6 +45,7 @@ def _head_fwd(head):
     def run(a):
         with torch.no_grad():
             return head(*a[:5], STRIDE)
+
     return run
 
 
@@ -53,6 +54,7 @@ def _head_fwd_bwd(head, upsample):
         logits = upsample(head(*a[:5], STRIDE), 2)
         loss = _dice_loss(logits, a[5])
         return torch.autograd.grad(loss, (a[0], a[1]))
+
     return run
 
 
@@ -60,12 +62,14 @@ def _upsample_fwd(upsample):
     def run(a):
         with torch.no_grad():
             return upsample(a[0], 2)
+
     return run
 
 
 def _upsample_fwd_bwd(upsample):
     def run(a):
         return torch.autograd.grad(upsample(a[0], 2), a[0], a[1])
+
     return run
 
 
@@ -75,23 +79,35 @@ def cases(device: str) -> list[Case]:
     flops_per_pixel = 2 * ((C + 2) * 8 + 8 * 8 + 8)
     for N in (100, 500):
         fwd_flops = N * H * W * flops_per_pixel
-        out.append(Case(
-            name=f"dynamic_mask_head fwd (B={B}, N={N}, C={C}, {H}x{W})", group="condinst",
-            pass_kind="fwd", setup=lambda N=N: _head_inputs(N, device, False),
-            impls={"reference": _head_fwd(ref.dynamic_mask_head),
-                   "ours": _head_fwd(idip.ops.dynamic_mask_head)},
-            flops=fwd_flops,
-            note="FLOPs of the 1x1 layers only (304 per instance-pixel)",
-        ))
-        out.append(Case(
-            name=f"dynamic_mask_head+aligned_upsample x2+dice fwd+bwd (B={B}, N={N})",
-            group="condinst", pass_kind="fwd+bwd", setup=lambda N=N: _head_inputs(N, device, True),
-            impls={"reference": _head_fwd_bwd(ref.dynamic_mask_head, ref.aligned_upsample),
-                   "ours": _head_fwd_bwd(idip.ops.dynamic_mask_head, idip.ops.aligned_upsample)},
-            flops=3 * fwd_flops,
-            note="FLOPs = 3x the head's forward (forward, input and weight gradients); the "
-                 "upsample and Dice loss are timed but not counted",
-        ))
+        out.append(
+            Case(
+                name=f"dynamic_mask_head fwd (B={B}, N={N}, C={C}, {H}x{W})",
+                group="condinst",
+                pass_kind="fwd",
+                setup=lambda N=N: _head_inputs(N, device, False),
+                impls={
+                    "reference": _head_fwd(ref.dynamic_mask_head),
+                    "ours": _head_fwd(idip.ops.dynamic_mask_head),
+                },
+                flops=fwd_flops,
+                note="FLOPs of the 1x1 layers only (304 per instance-pixel)",
+            )
+        )
+        out.append(
+            Case(
+                name=f"dynamic_mask_head+aligned_upsample x2+dice fwd+bwd (B={B}, N={N})",
+                group="condinst",
+                pass_kind="fwd+bwd",
+                setup=lambda N=N: _head_inputs(N, device, True),
+                impls={
+                    "reference": _head_fwd_bwd(ref.dynamic_mask_head, ref.aligned_upsample),
+                    "ours": _head_fwd_bwd(idip.ops.dynamic_mask_head, idip.ops.aligned_upsample),
+                },
+                flops=3 * fwd_flops,
+                note="FLOPs = 3x the head's forward (forward, input and weight gradients); the "
+                "upsample and Dice loss are timed but not counted",
+            )
+        )
     for shape in ((100, 1, H, W), (B, 128, H, W)):
         numel = shape[0] * shape[1] * shape[2] * shape[3]
         elem = 4
@@ -99,23 +115,38 @@ def cases(device: str) -> list[Case]:
         def setup(shape=shape):
             g = torch.Generator().manual_seed(0)
             x = torch.randn(*shape, generator=g).to(device).requires_grad_(True)
-            grad = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g).to(device)
+            grad = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g).to(
+                device
+            )
             return x, grad
 
         label = "x".join(str(s) for s in shape)
-        out.append(Case(
-            name=f"aligned_upsample x2 fwd [{label}]", group="condinst", pass_kind="fwd",
-            setup=setup,
-            impls={"reference": _upsample_fwd(ref.aligned_upsample),
-                   "ours": _upsample_fwd(idip.ops.aligned_upsample)},
-            bytes=(1 + 4) * numel * elem, note="read the input once, write 4x as much",
-        ))
-        out.append(Case(
-            name=f"aligned_upsample x2 fwd+bwd [{label}]", group="condinst", pass_kind="fwd+bwd",
-            setup=setup,
-            impls={"reference": _upsample_fwd_bwd(ref.aligned_upsample),
-                   "ours": _upsample_fwd_bwd(idip.ops.aligned_upsample)},
-            bytes=2 * (1 + 4) * numel * elem,
-            note="forward traffic plus reading the output gradient and writing the input gradient",
-        ))
+        out.append(
+            Case(
+                name=f"aligned_upsample x2 fwd [{label}]",
+                group="condinst",
+                pass_kind="fwd",
+                setup=setup,
+                impls={
+                    "reference": _upsample_fwd(ref.aligned_upsample),
+                    "ours": _upsample_fwd(idip.ops.aligned_upsample),
+                },
+                bytes=(1 + 4) * numel * elem,
+                note="read the input once, write 4x as much",
+            )
+        )
+        out.append(
+            Case(
+                name=f"aligned_upsample x2 fwd+bwd [{label}]",
+                group="condinst",
+                pass_kind="fwd+bwd",
+                setup=setup,
+                impls={
+                    "reference": _upsample_fwd_bwd(ref.aligned_upsample),
+                    "ours": _upsample_fwd_bwd(idip.ops.aligned_upsample),
+                },
+                bytes=2 * (1 + 4) * numel * elem,
+                note="forward traffic plus reading the output gradient and writing the input gradient",
+            )
+        )
     return out

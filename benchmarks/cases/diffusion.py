@@ -9,11 +9,10 @@ sampling benchmark: it returns a precomputed output.
 
 from __future__ import annotations
 
-
 import torch
+from timing import Case
 
 from idip.modeling.idip.diffusion import DDIMSampler, DiffusionSchedule, prepare_diffusion_targets
-from timing import Case
 
 NUM_CLASSES = 80
 
@@ -41,7 +40,9 @@ def authors_training_corruption(gt_boxes, image_size, num_proposals, alphas_cump
         gt = _cxcywh(gt / size)
         num_gt = len(gt)
         if num_gt < num_proposals:
-            placeholder = _cxcywh(_to_abs(torch.randn(num_proposals - num_gt, 4, device=size.device), 1.0))
+            placeholder = _cxcywh(
+                _to_abs(torch.randn(num_proposals - num_gt, 4, device=size.device), 1.0)
+            )
             x_start = torch.cat((gt, placeholder), dim=0)
         elif num_gt > num_proposals:
             select = torch.zeros(num_gt, dtype=torch.bool, device=size.device)
@@ -58,8 +59,9 @@ def authors_training_corruption(gt_boxes, image_size, num_proposals, alphas_cump
     return torch.stack(boxes), torch.stack(ts)
 
 
-def authors_ddim_sampling(logits, pred_boxes, image_size, num_proposals, alphas_cumprod, num_steps,
-                          eta=1.0):
+def authors_ddim_sampling(
+    logits, pred_boxes, image_size, num_proposals, alphas_cumprod, num_steps, eta=1.0
+):
     """DiffusionDet/IDIP ddim_sample per image, the head replaced by precomputed outputs."""
     T = alphas_cumprod.numel()
     outputs = []
@@ -71,7 +73,9 @@ def authors_ddim_sampling(logits, pred_boxes, image_size, num_proposals, alphas_
             boxes = _to_abs(x_t, size)  # the head's input
             pred_logits, pred = logits[b], pred_boxes[b] + 0 * boxes
             x_start = torch.clamp(_cxcywh(pred / size), min=0, max=1) * 2 - 1
-            pred_noise = (x_t - alphas_cumprod[time_now].sqrt() * x_start) / (1 - alphas_cumprod[time_now]).sqrt()
+            pred_noise = (x_t - alphas_cumprod[time_now].sqrt() * x_start) / (
+                1 - alphas_cumprod[time_now]
+            ).sqrt()
             if time_next < 0:
                 break
             keep = torch.amax(torch.sigmoid(pred_logits), dim=-1) > 0.5
@@ -81,7 +85,9 @@ def authors_ddim_sampling(logits, pred_boxes, image_size, num_proposals, alphas_
             c = (1 - alpha_next - sigma**2).sqrt()
             noise = torch.randn_like(x_t)
             x_t = (x_start * alpha_next.sqrt() + c * pred_noise + sigma * noise).to(torch.float32)
-            x_t = torch.cat((x_t, torch.randn(num_proposals - len(x_t), 4, device=x_t.device)), dim=0)
+            x_t = torch.cat(
+                (x_t, torch.randn(num_proposals - len(x_t), 4, device=x_t.device)), dim=0
+            )
         outputs.append((pred_logits, pred))
     return outputs
 
@@ -109,18 +115,25 @@ def cases(device: str) -> list[Case]:
             gts.append(torch.cat([xy, xy + wh], 1).to(device))
         return gts, size
 
-    out.append(Case(
-        name=f"diffusion training corruption (B={B}, N={N}, G=0..420)", group="diffusion",
-        pass_kind="fwd", setup=setup_corruption,
-        impls={
-            "reference": lambda a: authors_training_corruption(a[0], a[1], N, schedule.alphas_cumprod),
-            "ours": lambda a: prepare_diffusion_targets(a[0], a[1], N, schedule),
-        },
-        note="IDIP's per-image prepare_diffusion vs prepare_diffusion_targets (one box_q_sample)",
-    ))
+    out.append(
+        Case(
+            name=f"diffusion training corruption (B={B}, N={N}, G=0..420)",
+            group="diffusion",
+            pass_kind="fwd",
+            setup=setup_corruption,
+            impls={
+                "reference": lambda a: authors_training_corruption(
+                    a[0], a[1], N, schedule.alphas_cumprod
+                ),
+                "ours": lambda a: prepare_diffusion_targets(a[0], a[1], N, schedule),
+            },
+            note="IDIP's per-image prepare_diffusion vs prepare_diffusion_targets (one box_q_sample)",
+        )
+    )
 
     steps = 3
     for B in (1, 8):
+
         def setup_sampling(B=B):
             g = torch.Generator().manual_seed(0)
             size = _image_sizes(B, device)
@@ -137,15 +150,21 @@ def cases(device: str) -> list[Case]:
             logits, pred, size = a
             return sampler.sample(lambda boxes, t: (logits, pred + 0 * boxes, None), size, N)
 
-        out.append(Case(
-            name=f"diffusion {steps}-step DDIM sampling, head excluded (B={B}, N={N})",
-            group="diffusion", pass_kind="fwd", setup=setup_sampling,
-            impls={
-                "reference": lambda a, B=B: authors_ddim_sampling(a[0], a[1], a[2], N, schedule.alphas_cumprod, steps),
-                "ours": ours,
-            },
-            note="DiffusionDet/IDIP ddim_sample per image (Python renewal loop) vs DDIMSampler "
-                 f"(box_ddim_step); eta=1, renewal threshold 0.5; head = precomputed output "
-                 "(+0*boxes, the same in both); about half of the boxes renewed per step",
-        ))
+        out.append(
+            Case(
+                name=f"diffusion {steps}-step DDIM sampling, head excluded (B={B}, N={N})",
+                group="diffusion",
+                pass_kind="fwd",
+                setup=setup_sampling,
+                impls={
+                    "reference": lambda a, B=B: authors_ddim_sampling(
+                        a[0], a[1], a[2], N, schedule.alphas_cumprod, steps
+                    ),
+                    "ours": ours,
+                },
+                note="DiffusionDet/IDIP ddim_sample per image (Python renewal loop) vs DDIMSampler "
+                "(box_ddim_step); eta=1, renewal threshold 0.5; head = precomputed output "
+                "(+0*boxes, the same in both); about half of the boxes renewed per step",
+            )
+        )
     return out

@@ -8,10 +8,10 @@ batched_nms when importable, ours.
 from __future__ import annotations
 
 import torch
+from timing import Case
 
 import idip.ops
 from idip.ops import reference as ref
-from timing import Case
 
 try:
     import torchvision.ops as tv_ops
@@ -35,6 +35,7 @@ def _boxes(n: int, gen: torch.Generator):
 def cases(device: str) -> list[Case]:
     out = []
     for n in (1000, 5000, 20000):
+
         def setup(n=n):
             boxes, scores, classes = _boxes(n, torch.Generator().manual_seed(n))
             return boxes.to(device), scores.to(device), classes.to(device)
@@ -45,8 +46,11 @@ def cases(device: str) -> list[Case]:
         }
         if tv_ops is not None:
             impls["torchvision"] = lambda a: tv_ops.nms(a[0], a[1], 0.5)
-        out.append(Case(name=f"nms (K={n}, iou 0.5)", group="nms", pass_kind="fwd",
-                        setup=setup, impls=impls))
+        out.append(
+            Case(
+                name=f"nms (K={n}, iou 0.5)", group="nms", pass_kind="fwd", setup=setup, impls=impls
+            )
+        )
 
     def setup_batched():
         boxes, scores, classes = _boxes(5000, torch.Generator().manual_seed(1))
@@ -58,6 +62,13 @@ def cases(device: str) -> list[Case]:
     }
     if tv_ops is not None:
         impls["torchvision"] = lambda a: tv_ops.batched_nms(a[0], a[1], a[2], 0.5)
-    out.append(Case(name="batched_nms (K=5000, 80 classes, iou 0.5)", group="nms",
-                    pass_kind="fwd", setup=setup_batched, impls=impls))
+    out.append(
+        Case(
+            name="batched_nms (K=5000, 80 classes, iou 0.5)",
+            group="nms",
+            pass_kind="fwd",
+            setup=setup_batched,
+            impls=impls,
+        )
+    )
     return out

@@ -12,10 +12,10 @@ torchvision.ops.roi_align, when importable.
 from __future__ import annotations
 
 import torch
+from timing import Case
 
 import idip.ops
 from idip.ops import reference as ref
-from timing import Case
 
 try:
     import torchvision.ops as tv_ops
@@ -31,7 +31,13 @@ def _rois(gen: torch.Generator) -> torch.Tensor:
     """Boxes of 16..800 pixels (log-uniform sizes) anywhere in the image, 300 per image."""
     k = BATCH * BOXES_PER_IMAGE
     b = torch.arange(BATCH).repeat_interleave(BOXES_PER_IMAGE).float()
-    wh = torch.exp(torch.rand(k, 2, generator=gen) * (torch.log(torch.tensor(800.0)) - torch.log(torch.tensor(16.0)))) * 16
+    wh = (
+        torch.exp(
+            torch.rand(k, 2, generator=gen)
+            * (torch.log(torch.tensor(800.0)) - torch.log(torch.tensor(16.0)))
+        )
+        * 16
+    )
     cx = torch.rand(k, generator=gen) * IMAGE_W
     cy = torch.rand(k, generator=gen) * IMAGE_H
     x1 = (cx - wh[:, 0] / 2).clamp(0, IMAGE_W)
@@ -61,8 +67,9 @@ def _run(fn, backward: bool):
         feats, rois, grad = inputs
         y = fn(feats, rois)
         if backward:
-            return torch.autograd.grad(y, [f for f in feats if f.requires_grad], grad,
-                                       allow_unused=True)
+            return torch.autograd.grad(
+                y, [f for f in feats if f.requires_grad], grad, allow_unused=True
+            )
         return y
 
     return call
@@ -92,17 +99,23 @@ def cases(device: str) -> list[Case]:
                 feats, rois, grad = setup()
                 return [feats[0]], rois, grad
 
-            out_cases.append(Case(
-                name=f"roi_align {out}x{out} {kind} (p3, K={k}, C={CHANNELS})",
-                group="roi_align", pass_kind=kind, setup=p3_only, impls=impls,
-                bytes=out_bytes,
-                note="reference: plain-PyTorch gathers; bytes: the pooled output only",
-            ))
+            out_cases.append(
+                Case(
+                    name=f"roi_align {out}x{out} {kind} (p3, K={k}, C={CHANNELS})",
+                    group="roi_align",
+                    pass_kind=kind,
+                    setup=p3_only,
+                    impls=impls,
+                    bytes=out_bytes,
+                    note="reference: plain-PyTorch gathers; bytes: the pooled output only",
+                )
+            )
 
             # multilevel_roi_align over p3-p5.
             def loop(roi_align_fn, out=out):
                 return lambda feats, rois: ref.multilevel_roi_align_loop(
-                    roi_align_fn, feats, rois, out, SCALES, 2, True, 224, 4)
+                    roi_align_fn, feats, rois, out, SCALES, 2, True, 224, 4
+                )
 
             def fused(feats, rois, out=out):
                 return idip.ops.multilevel_roi_align(feats, rois, out, SCALES, 2, True, 224, 4)
@@ -113,11 +126,16 @@ def cases(device: str) -> list[Case]:
             }
             if tv_ops is not None:
                 impls["torchvision"] = _run(loop(tv_ops.roi_align), backward)
-            out_cases.append(Case(
-                name=f"multilevel_roi_align {out}x{out} {kind} (p3-p5, K={k}, C={CHANNELS})",
-                group="roi_align", pass_kind=kind, setup=_setup(device, out, backward),
-                impls=impls, bytes=out_bytes,
-                note="reference: ROIPooler-style per-level loop calling idip.ops.roi_align; "
-                     "bytes: the pooled output only",
-            ))
+            out_cases.append(
+                Case(
+                    name=f"multilevel_roi_align {out}x{out} {kind} (p3-p5, K={k}, C={CHANNELS})",
+                    group="roi_align",
+                    pass_kind=kind,
+                    setup=_setup(device, out, backward),
+                    impls=impls,
+                    bytes=out_bytes,
+                    note="reference: ROIPooler-style per-level loop calling idip.ops.roi_align; "
+                    "bytes: the pooled output only",
+                )
+            )
     return out_cases

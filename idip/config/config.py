@@ -84,8 +84,10 @@ class CfgNode(dict):
                 value._rebase(self._child_path(key))
 
     def __deepcopy__(self, memo):
-        node = CfgNode({k: copy.deepcopy(v, memo) for k, v in self.items()},
-                       path=object.__getattribute__(self, CfgNode._PATH))
+        node = CfgNode(
+            {k: copy.deepcopy(v, memo) for k, v in self.items()},
+            path=object.__getattribute__(self, CfgNode._PATH),
+        )
         return node
 
     # --- freezing ---------------------------------------------------------------------------
@@ -254,8 +256,11 @@ def _coerce(full_key: str, default: Any, value: Any, raw: Any, source: str) -> A
             return ""
         raise fail()
     if isinstance(default, (list, tuple)):
-        if isinstance(value, str) and isinstance(raw, str) and default and all(
-            isinstance(v, str) for v in default
+        if (
+            isinstance(value, str)
+            and isinstance(raw, str)
+            and default
+            and all(isinstance(v, str) for v in default)
         ):
             value = [value]  # a single name for a list of names
         if not isinstance(value, (list, tuple)):
@@ -283,7 +288,8 @@ def _merge_checked(node: CfgNode, data: dict, source: str, prefix: str = "") -> 
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in node:
             raise ConfigError(
-                f"unknown config key '{full}' (in {source})" + _suggest(full, _root_of(node, prefix))
+                f"unknown config key '{full}' (in {source})"
+                + _suggest(full, _root_of(node, prefix))
             )
         if isinstance(node[key], CfgNode):
             if value is None:
@@ -319,11 +325,15 @@ def load_yaml_with_base(path: str, _seen: tuple[str, ...] = ()) -> dict:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {' '.join(str(err).split())}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top, got {_type_name(data)}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top, got {_type_name(data)}"
+        )
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data

@@ -18,7 +18,9 @@ _C.MODEL.DEVICE = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda
 _C.MODEL.WEIGHTS = ""  # checkpoint (.pth) or backbone weights (.pth torchvision / .pkl detectron2)
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB pixel mean subtracted from the input
 _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB pixel std dividing the input
-_C.MODEL.USE_REFERENCE_OPS = False  # run the plain-PyTorch reference ops instead of idip._C (benchmarks)
+_C.MODEL.USE_REFERENCE_OPS = (
+    False  # run the plain-PyTorch reference ops instead of idip._C (benchmarks)
+)
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "ResNet"  # backbone family
@@ -31,7 +33,9 @@ _C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # True for MSRA caffe-style weights (str
 _C.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]  # stages returned to the FPN
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64  # base width of the bottleneck 3x3 (64 for plain ResNets)
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64  # channels of the 7x7 stem conv
-_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0  # res2 output channels, doubled per stage; 0: standard (64 for R18/34, 256 for R50+)
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = (
+    0  # res2 output channels, doubled per stage; 0: standard (64 for R18/34, 256 for R50+)
+)
 
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]  # backbone stages fed to the FPN
@@ -60,7 +64,9 @@ _C.MODEL.IDIP.NUM_REG = 3  # hidden layers of the shared box regressor
 _C.MODEL.IDIP.POOLER_RESOLUTION = 7  # RoIAlign output side for the box head
 _C.MODEL.IDIP.SAMPLING_RATIO = 2  # RoIAlign samples per bin side for the box head
 _C.MODEL.IDIP.MASK_POOLER_RESOLUTION = 14  # RoIAlign output side for the mask head (masks are 2x)
-_C.MODEL.IDIP.MASK_SAMPLING_RATIO = 2  # RoIAlign samples per bin side for the mask head (0: adaptive; the authors' 2)
+_C.MODEL.IDIP.MASK_SAMPLING_RATIO = (
+    2  # RoIAlign samples per bin side for the mask head (0: adaptive; the authors' 2)
+)
 _C.MODEL.IDIP.MASK_NUM_CONVS = 4  # 3x3 convs of the mask head
 _C.MODEL.IDIP.MASK_NORM = "BN"  # norm of the mask head convs: "BN" (authors'), "GN" or ""
 # BN statistics of the mask head per image in training (True: the authors, who run the head once
@@ -87,7 +93,9 @@ _C.MODEL.IDIP.ETA = 1.0  # DDIM eta (0 deterministic, 1 DDPM-like noise)
 _C.MODEL.IDIP.BOX_RENEWAL = True  # replace low-score boxes by fresh random ones between DDIM steps
 _C.MODEL.IDIP.RENEWAL_THRESHOLD = 0.5  # score below which a box is renewed
 _C.MODEL.IDIP.NMS_THRESH = 0.5  # class-aware NMS IoU threshold at inference
-_C.MODEL.IDIP.SCORE_THRESH_TEST = 0.0  # detections must score above this (0: keep the top-k, as the authors)
+_C.MODEL.IDIP.SCORE_THRESH_TEST = (
+    0.0  # detections must score above this (0: keep the top-k, as the authors)
+)
 _C.MODEL.IDIP.MASK_THRESHOLD = 0.5  # probability threshold of pasted masks
 # At inference the mask head pools from the predicted boxes as they are (True, the authors':
 # detectron2's detector_postprocess clips them only afterwards), and the masks are pasted into
@@ -101,16 +109,31 @@ _C.MODEL.IDIP.MASK_FROM_UNCLIPPED_BOXES = True
 _C.MODEL.FCOS = CN()
 _C.MODEL.FCOS.NUM_CLASSES = 80  # number of foreground classes (CondInst reads it from here)
 _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # FPN levels the head runs on
-_C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]  # strides of IN_FEATURES (checked against the backbone)
-_C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]  # level l takes boxes whose max(l,t,r,b) is in (soi[l-1], soi[l]]
+_C.MODEL.FCOS.FPN_STRIDES = [
+    8,
+    16,
+    32,
+    64,
+    128,
+]  # strides of IN_FEATURES (checked against the backbone)
+_C.MODEL.FCOS.SIZES_OF_INTEREST = [
+    64,
+    128,
+    256,
+    512,
+]  # level l takes boxes whose max(l,t,r,b) is in (soi[l-1], soi[l]]
 _C.MODEL.FCOS.NUM_CLS_CONVS = 4  # conv3x3+GN+ReLU layers of the classification tower
 _C.MODEL.FCOS.NUM_BOX_CONVS = 4  # conv3x3+GN+ReLU layers of the box tower
 _C.MODEL.FCOS.NORM = "GN"  # "GN" or "" (no normalisation) in the towers
 _C.MODEL.FCOS.PRIOR_PROB = 0.01  # initial foreground probability of the class logits
 _C.MODEL.FCOS.USE_SCALE = True  # learnable per-level scale of the box regression
 _C.MODEL.FCOS.NORM_REG_TARGETS = True  # regress (l,t,r,b) in units of the level's stride
-_C.MODEL.FCOS.CENTERNESS_ON_REG = True  # centerness predicted from the box tower (else the cls tower)
-_C.MODEL.FCOS.CENTER_SAMPLE = True  # positives only near the object centre (radius POS_RADIUS strides)
+_C.MODEL.FCOS.CENTERNESS_ON_REG = (
+    True  # centerness predicted from the box tower (else the cls tower)
+)
+_C.MODEL.FCOS.CENTER_SAMPLE = (
+    True  # positives only near the object centre (radius POS_RADIUS strides)
+)
 _C.MODEL.FCOS.POS_RADIUS = 1.5  # centre-sampling radius in strides
 # centre of the positive region: each GT mask's centre of mass (True: AdelaiDet's CondInst since
 # mid-2020) or the GT box centre (False: plain FCOS)
@@ -129,14 +152,22 @@ _C.MODEL.FCOS.POST_NMS_TOPK_TEST = 100  # detections kept per image after NMS
 _C.MODEL.CONDINST = CN()
 _C.MODEL.CONDINST.MASK_OUT_STRIDE = 4  # stride of the masks for the loss and inference
 _C.MODEL.CONDINST.MAX_PROPOSALS = 500  # random positives per GPU used for the mask loss (-1: all)
-_C.MODEL.CONDINST.MASK_LOSS_AT_FEAT_STRIDE = False  # Dice loss at the mask branch's stride (8), no upsample: less memory
+_C.MODEL.CONDINST.MASK_LOSS_AT_FEAT_STRIDE = (
+    False  # Dice loss at the mask branch's stride (8), no upsample: less memory
+)
 _C.MODEL.CONDINST.MASK_THRESHOLD = 0.5  # probability threshold of the output masks
 _C.MODEL.CONDINST.MASK_HEAD = CN()
 _C.MODEL.CONDINST.MASK_HEAD.CHANNELS = 8  # hidden channels of the per-instance network
-_C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = 3  # 1x1 layers of the per-instance network (169 params for 8/3)
+_C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = (
+    3  # 1x1 layers of the per-instance network (169 params for 8/3)
+)
 _C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False  # drop the relative-coordinate inputs
 _C.MODEL.CONDINST.MASK_BRANCH = CN()
-_C.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES = ["p3", "p4", "p5"]  # FPN levels fused by the mask branch
+_C.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES = [
+    "p3",
+    "p4",
+    "p5",
+]  # FPN levels fused by the mask branch
 _C.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 128  # channels of the mask branch's convs
 _C.MODEL.CONDINST.MASK_BRANCH.NUM_CONVS = 4  # conv3x3+norm+ReLU layers after the fusion
 _C.MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS = 8  # mask-feature channels fed to the dynamic head
@@ -146,7 +177,19 @@ _C.MODEL.CONDINST.MASK_BRANCH.NORM = "BN"  # "BN", "GN" or "" in the mask branch
 # Input
 # ------------------------------------------------------------------------------------------------
 _C.INPUT = CN()
-_C.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # short-side choices
+_C.INPUT.MIN_SIZE_TRAIN = (
+    480,
+    512,
+    544,
+    576,
+    608,
+    640,
+    672,
+    704,
+    736,
+    768,
+    800,
+)  # short-side choices
 _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice" of the list or "range" between its two ends
 _C.INPUT.MAX_SIZE_TRAIN = 1333  # cap on the long side in training
 _C.INPUT.MIN_SIZE_TEST = 800  # short side at test time (0 disables resizing)
@@ -169,7 +212,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4  # loader processes per rank
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images separately
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # drop training images with no usable instance
-_C.DATALOADER.MAX_BAD_IMAGE_FRACTION = 0.01  # abort training when more images than this fail to load
+_C.DATALOADER.MAX_BAD_IMAGE_FRACTION = (
+    0.01  # abort training when more images than this fail to load
+)
 
 # ------------------------------------------------------------------------------------------------
 # Solver
@@ -215,11 +260,15 @@ _C.TEST.DETECTIONS_PER_IMAGE = 100  # kept detections per image for evaluation
 # Engine: distributed data parallel and checkpoints (idip.engine)
 # ------------------------------------------------------------------------------------------------
 _C.DDP = CN()
-_C.DDP.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (slower; for models with unused branches)
+_C.DDP.FIND_UNUSED_PARAMETERS = (
+    False  # DDP find_unused_parameters (slower; for models with unused branches)
+)
 # Convert every BatchNorm of the model to SyncBatchNorm (CUDA only); a norm "SyncBN" syncs its own.
 _C.DDP.SYNC_BN = False
 _C.DDP.BROADCAST_BUFFERS = False  # DDP broadcast_buffers (rank 0's buffers sent every step)
-_C.SOLVER.CHECKPOINT_MAX_KEEP = 0  # periodic checkpoints kept on disk (0: all); model_final.pth is always kept
+_C.SOLVER.CHECKPOINT_MAX_KEEP = (
+    0  # periodic checkpoints kept on disk (0: all); model_final.pth is always kept
+)
 
 # ------------------------------------------------------------------------------------------------
 # Misc

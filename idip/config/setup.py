@@ -10,7 +10,9 @@ from .config import CfgNode, ConfigError
 from .defaults import get_cfg
 
 
-def setup_cfg(config_file: str | None = None, opts: Sequence[str] = (), dump: bool = False) -> CfgNode:
+def setup_cfg(
+    config_file: str | None = None, opts: Sequence[str] = (), dump: bool = False
+) -> CfgNode:
     """Returns the frozen config: defaults, then ``config_file``, then ``opts`` (``KEY VALUE`` ...).
 
     Args:
@@ -33,7 +35,9 @@ def dump_cfg(cfg: CfgNode) -> str:
     try:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' cannot be created: {err.strerror}") from None
+        raise ConfigError(
+            f"OUTPUT_DIR '{cfg.OUTPUT_DIR}' cannot be created: {err.strerror}"
+        ) from None
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     atomic_write_text(path, cfg.dump())
     return path

@@ -60,14 +60,18 @@ def test_batch_size(cfg) -> int:
     """TEST.IMS_PER_BATCH, checked (training checks it before the first iteration)."""
     batch_size = cfg.TEST.IMS_PER_BATCH
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"config key 'TEST.IMS_PER_BATCH' must be an integer > 0, got {batch_size!r}")
+        raise ConfigError(
+            f"config key 'TEST.IMS_PER_BATCH' must be an integer > 0, got {batch_size!r}"
+        )
     return batch_size
 
 
 def num_loader_workers(cfg) -> int:
     workers = cfg.DATALOADER.NUM_WORKERS
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"config key 'DATALOADER.NUM_WORKERS' must be an integer >= 0, got {workers!r}")
+        raise ConfigError(
+            f"config key 'DATALOADER.NUM_WORKERS' must be an integer >= 0, got {workers!r}"
+        )
     return workers
 
 

@@ -48,7 +48,9 @@ def _categories_from_list(entries, json_file: str) -> Categories:
     seen: dict[int, str] = {}
     for entry in entries:
         if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
-            raise DatasetError(f"'{json_file}': category entry {entry!r} needs an 'id' and a 'name'")
+            raise DatasetError(
+                f"'{json_file}': category entry {entry!r} needs an 'id' and a 'name'"
+            )
         cid = int(entry["id"])
         if cid in seen:
             raise DatasetError(f"'{json_file}': category id {cid} appears more than once")
@@ -172,7 +174,9 @@ def load_coco_json(
         if x2 <= x1 or y2 <= y1:
             dropped["box outside the image"] += 1
             continue
-        segmentation, why = clean_segmentation(ann.get("segmentation"), record["height"], record["width"])
+        segmentation, why = clean_segmentation(
+            ann.get("segmentation"), record["height"], record["width"]
+        )
         if segmentation is None and not iscrowd:
             dropped[why] += 1
             dropped_ids[why].append(ann.get("id"))

@@ -50,7 +50,9 @@ def decode_rle_string(counts: str) -> list[int]:
     return runs
 
 
-def _clean_polygons(polygons, height: int, width: int) -> tuple[list[list[float]] | None, str | None]:
+def _clean_polygons(
+    polygons, height: int, width: int
+) -> tuple[list[list[float]] | None, str | None]:
     kept, reason = [], None
     for poly in polygons:
         if not isinstance(poly, (list, tuple)):
@@ -90,7 +92,9 @@ def _clean_rle(rle: dict, height: int, width: int) -> tuple[dict | None, str | N
             runs = decode_rle_string(counts)
         except ValueError:
             return None, "an RLE whose counts string is not an RLE encoding"
-    elif isinstance(counts, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in counts):
+    elif isinstance(counts, (list, tuple)) and all(
+        isinstance(v, (int, np.integer)) for v in counts
+    ):
         runs = [int(v) for v in counts]
     else:
         return None, "an RLE without counts"

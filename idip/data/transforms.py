@@ -36,7 +36,9 @@ def sample_short_edge(min_sizes: Sequence[int], sampling: str, rng: random.Rando
     between its two values."""
     sizes = [int(s) for s in min_sizes]
     if not sizes:
-        raise ConfigError("config key 'INPUT.MIN_SIZE_TRAIN' is empty: give at least one short-side size")
+        raise ConfigError(
+            "config key 'INPUT.MIN_SIZE_TRAIN' is empty: give at least one short-side size"
+        )
     if sampling == "choice":
         return sizes[rng.randrange(len(sizes))]
     if sampling == "range":
@@ -46,7 +48,9 @@ def sample_short_edge(min_sizes: Sequence[int], sampling: str, rng: random.Rando
                 f"got {tuple(sizes)}"
             )
         return rng.randint(sizes[0], sizes[1])
-    raise ConfigError(f"config key 'INPUT.MIN_SIZE_TRAIN_SAMPLING' must be 'choice' or 'range', got {sampling!r}")
+    raise ConfigError(
+        f"config key 'INPUT.MIN_SIZE_TRAIN_SAMPLING' must be 'choice' or 'range', got {sampling!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,9 @@ class ResizeFlipAugmentation:
         if is_train:
             flip = cfg.INPUT.RANDOM_FLIP
             if flip not in ("horizontal", "none"):
-                raise ConfigError(f"config key 'INPUT.RANDOM_FLIP' must be 'horizontal' or 'none', got {flip!r}")
+                raise ConfigError(
+                    f"config key 'INPUT.RANDOM_FLIP' must be 'horizontal' or 'none', got {flip!r}"
+                )
             min_sizes = cfg.INPUT.MIN_SIZE_TRAIN
             min_sizes = (
                 (min_sizes,) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)

@@ -78,7 +78,9 @@ def load_model_state_strict(model: nn.Module, state: dict[str, torch.Tensor], so
     mismatched = [
         f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
         for k in own
-        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     problems = []
     if missing:
@@ -88,7 +90,9 @@ def load_model_state_strict(model: nn.Module, state: dict[str, torch.Tensor], so
     if mismatched:
         problems.append(f"shape mismatches: {_list(mismatched)}")
     if problems:
-        raise CheckpointError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
+        raise CheckpointError(
+            f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems)
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -158,7 +162,8 @@ def check_finite_state(state: dict, iteration: int, last: str | None) -> None:
     """Refuses to checkpoint non-finite weights or optimizer state: a checkpoint is what a run
     resumes from, and resuming from non-finite weights stops again at once."""
     bad = _non_finite(state.get("model") or {}, "") + _non_finite(
-        (state.get("optimizer") or {}).get("state") or {}, "optimizer state ")
+        (state.get("optimizer") or {}).get("state") or {}, "optimizer state "
+    )
     if bad:
         raise FloatingPointError(
             f"after iteration {iteration} {len(bad)} tensors are not finite (e.g. {_list(bad, 3)}): "
@@ -180,9 +185,11 @@ def _write_failure(path: str, err: BaseException, last: str | None) -> str:
 
 def _check_required_settings(data: dict, cfg, path: str) -> None:
     """A converted authors' checkpoint records the settings its weights need: check them."""
-    conversion = Conversion(format=str(data.get("converted_from", "converted")),
-                            meta_architecture=str(data.get("meta_architecture")),
-                            settings=dict(data["required_settings"]))
+    conversion = Conversion(
+        format=str(data.get("converted_from", "converted")),
+        meta_architecture=str(data.get("meta_architecture")),
+        settings=dict(data["required_settings"]),
+    )
     check_settings(conversion, cfg, path)
 
 
@@ -267,7 +274,9 @@ class Checkpointer:
             atomic_torch_save(state, path)
             atomic_write_text(os.path.join(self.output_dir, LAST_CHECKPOINT), filename + "\n")
         except (OSError, RuntimeError) as err:
-            raise CheckpointError(_write_failure(path, err, self.last_checkpoint_path_or_none())) from None
+            raise CheckpointError(
+                _write_failure(path, err, self.last_checkpoint_path_or_none())
+            ) from None
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
         self._prune()
         return path
@@ -323,7 +332,9 @@ class Checkpointer:
             if self.optimizer is not None and data.get("optimizer") is not None:
                 self.optimizer.load_state_dict(data["optimizer"])
         except (ValueError, KeyError) as err:
-            raise CheckpointError(f"optimizer state in {path} does not fit this run: {err}") from None
+            raise CheckpointError(
+                f"optimizer state in {path} does not fit this run: {err}"
+            ) from None
         if self.scheduler is not None and data.get("scheduler") is not None:
             self.scheduler.load_state_dict(data["scheduler"])
         if self.grad_scaler is not None and data.get("grad_scaler"):

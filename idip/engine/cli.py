@@ -28,7 +28,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """Runs ``main(argv)``; user errors print ``error: ...`` (exit 2), a non-finite loss or other
     training failure prints ``error: ...`` (exit 1). The process group is always left.
 

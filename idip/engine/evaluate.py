@@ -18,6 +18,7 @@ from .seeding import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 
+
 def evaluate_datasets(cfg, model: nn.Module, log_tables: bool = True) -> dict[str, Any]:
     """Runs ``inference_on_dataset`` + ``COCOEvaluator`` on each of ``cfg.DATASETS.TEST``.
 

@@ -76,7 +76,10 @@ class TrainingEvents:
 
     def _smoothed(self) -> dict[str, float]:
         # Losses and timings are smoothed over the window; the lr is reported as is.
-        return {name: (self._latest[name] if name == "lr" else self.median(name)) for name in self._history}
+        return {
+            name: (self._latest[name] if name == "lr" else self.median(name))
+            for name in self._history
+        }
 
     def format_line(self, iteration: int) -> str:
         """``eta: 0:12:34  iter: 40  total_loss: 1.234  loss_x: ...  time: ...  lr: ...  max_mem: ...``"""

@@ -37,7 +37,9 @@ def setup_logger(output_dir: str | None, rank: int = 0, name: str = "idip") -> l
         handlers.append(console)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
-            file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+            file_handler = logging.FileHandler(
+                os.path.join(output_dir, "log.txt"), encoding="utf-8"
+            )
             file_handler.setLevel(logging.INFO)
             file_handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
             handlers.append(file_handler)

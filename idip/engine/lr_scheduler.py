@@ -57,7 +57,9 @@ class WarmupMultiStepLR(LRScheduler):
 
     def factor_at(self, iteration: int) -> float:
         """The multiplier of every group's initial lr at ``iteration``."""
-        warmup = warmup_factor_at(iteration, self.warmup_method, self.warmup_iters, self.warmup_factor)
+        warmup = warmup_factor_at(
+            iteration, self.warmup_method, self.warmup_iters, self.warmup_factor
+        )
         return warmup * self.gamma ** bisect_right(self.milestones, iteration)
 
     def get_lr(self) -> list[float]:
@@ -94,7 +96,9 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiStep
             f"config key 'SOLVER.WARMUP_METHOD' must be 'linear' or 'constant', got {solver.WARMUP_METHOD!r}"
         )
     if solver.WARMUP_ITERS < 0:
-        raise ConfigError(f"config key 'SOLVER.WARMUP_ITERS' must be >= 0, got {solver.WARMUP_ITERS}")
+        raise ConfigError(
+            f"config key 'SOLVER.WARMUP_ITERS' must be >= 0, got {solver.WARMUP_ITERS}"
+        )
     return WarmupMultiStepLR(
         optimizer,
         milestones=steps,

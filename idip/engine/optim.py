@@ -61,7 +61,8 @@ def build_param_groups(cfg, model: nn.Module) -> list[dict]:
             if param_name == "bias" and solver.WEIGHT_DECAY_BIAS is not None:
                 weight_decay = float(solver.WEIGHT_DECAY_BIAS)
             group = groups.setdefault(
-                (lr, weight_decay), {"params": [], "param_names": [], "lr": lr, "weight_decay": weight_decay}
+                (lr, weight_decay),
+                {"params": [], "param_names": [], "lr": lr, "weight_decay": weight_decay},
             )
             group["params"].append(param)
             group["param_names"].append(full_name)
@@ -78,7 +79,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     solver = cfg.SOLVER
     if solver.BASE_LR <= 0:
         raise ConfigError(f"config key 'SOLVER.BASE_LR' must be > 0, got {solver.BASE_LR}")
-    if solver.WEIGHT_DECAY_BIAS is not None and not isinstance(solver.WEIGHT_DECAY_BIAS, (int, float)):
+    if solver.WEIGHT_DECAY_BIAS is not None and not isinstance(
+        solver.WEIGHT_DECAY_BIAS, (int, float)
+    ):
         raise ConfigError(
             f"config key 'SOLVER.WEIGHT_DECAY_BIAS' must be a number or None, got {solver.WEIGHT_DECAY_BIAS!r}"
         )
@@ -87,13 +90,22 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     if name == "ADAMW":
         betas = tuple(float(b) for b in solver.BETAS)
         if len(betas) != 2:
-            raise ConfigError(f"config key 'SOLVER.BETAS' needs two numbers, got {tuple(solver.BETAS)}")
-        return torch.optim.AdamW(groups, lr=float(solver.BASE_LR), betas=betas, fused=_can_fuse(groups))
+            raise ConfigError(
+                f"config key 'SOLVER.BETAS' needs two numbers, got {tuple(solver.BETAS)}"
+            )
+        return torch.optim.AdamW(
+            groups, lr=float(solver.BASE_LR), betas=betas, fused=_can_fuse(groups)
+        )
     if name == "SGD":
         return torch.optim.SGD(
-            groups, lr=float(solver.BASE_LR), momentum=float(solver.MOMENTUM), nesterov=bool(solver.NESTEROV)
+            groups,
+            lr=float(solver.BASE_LR),
+            momentum=float(solver.MOMENTUM),
+            nesterov=bool(solver.NESTEROV),
         )
-    raise ConfigError(f"config key 'SOLVER.OPTIMIZER' must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
+    raise ConfigError(
+        f"config key 'SOLVER.OPTIMIZER' must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}"
+    )
 
 
 def _can_fuse(groups: list[dict]) -> bool:
@@ -102,8 +114,10 @@ def _can_fuse(groups: list[dict]) -> bool:
     # takes only floating-point CPU/CUDA parameters, all on one device.
     params = [p for group in groups for p in group["params"]]
     devices = {p.device for p in params}
-    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(
-        p.is_floating_point() for p in params
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.is_floating_point() for p in params)
     )
 
 
@@ -118,7 +132,9 @@ def clip_gradients(cfg, parameters: Iterable[torch.Tensor]) -> torch.Tensor | No
         return None
     params = [p for p in parameters if p.grad is not None]
     if clip.CLIP_TYPE == "full_model":
-        return nn.utils.clip_grad_norm_(params, float(clip.CLIP_VALUE), norm_type=float(clip.NORM_TYPE))
+        return nn.utils.clip_grad_norm_(
+            params, float(clip.CLIP_VALUE), norm_type=float(clip.NORM_TYPE)
+        )
     if clip.CLIP_TYPE == "value":
         nn.utils.clip_grad_value_(params, float(clip.CLIP_VALUE))
         return None

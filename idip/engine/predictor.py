@@ -26,11 +26,15 @@ class Predictor:
 
     def __init__(self, cfg: CfgNode):
         if not cfg.MODEL.WEIGHTS:
-            raise ConfigError("config key 'MODEL.WEIGHTS' is empty; give the checkpoint to run (MODEL.WEIGHTS path)")
+            raise ConfigError(
+                "config key 'MODEL.WEIGHTS' is empty; give the checkpoint to run (MODEL.WEIGHTS path)"
+            )
         self.cfg = cfg
         self.resize = ResizeFlipAugmentation.from_config(cfg, is_train=False)
         self.model = build_model(cfg)
-        logger.info(load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg))
+        logger.info(
+            load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg)
+        )
         self.model.eval()
         torch.manual_seed(cfg.TEST.SEED)
 

@@ -17,10 +17,23 @@ from ..config import ConfigError
 
 # Prefixes of config keys whose change makes a resumed run differ from an uninterrupted one.
 EXACTNESS_KEYS = (
-    "MODEL.", "INPUT.", "DATASETS.TRAIN", "DATASETS.CUSTOM", "DATASETS.ROOT", "SEED",
-    "SOLVER.IMS_PER_BATCH", "SOLVER.GRAD_ACCUM_STEPS", "SOLVER.OPTIMIZER", "SOLVER.BASE_LR",
-    "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.BETAS", "SOLVER.CLIP_GRADIENTS",
-    "SOLVER.AMP", "SOLVER.BACKBONE_MULTIPLIER", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+    "MODEL.",
+    "INPUT.",
+    "DATASETS.TRAIN",
+    "DATASETS.CUSTOM",
+    "DATASETS.ROOT",
+    "SEED",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.GRAD_ACCUM_STEPS",
+    "SOLVER.OPTIMIZER",
+    "SOLVER.BASE_LR",
+    "SOLVER.MOMENTUM",
+    "SOLVER.WEIGHT_DECAY",
+    "SOLVER.BETAS",
+    "SOLVER.CLIP_GRADIENTS",
+    "SOLVER.AMP",
+    "SOLVER.BACKBONE_MULTIPLIER",
+    "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
     "DETERMINISTIC",
 )
 # Keys that may differ without saying anything (where the run lives, what it is loaded from).
@@ -65,8 +78,10 @@ def config_differences(stored_text: str, current_text: str) -> list[tuple[str, A
 
 
 def breaks_exact_resume(key: str) -> bool:
-    return any(key == k or key.startswith(k if k.endswith(".") else k + ".") or key == k.rstrip(".")
-               for k in EXACTNESS_KEYS)
+    return any(
+        key == k or key.startswith(k if k.endswith(".") else k + ".") or key == k.rstrip(".")
+        for k in EXACTNESS_KEYS
+    )
 
 
 def check_resume_config(stored_text: str, current_text: str, path: str, allow: bool, log) -> None:

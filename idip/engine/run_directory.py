@@ -38,7 +38,9 @@ def make_output_dir(output_dir: str) -> None:
     except FileExistsError:
         raise RunDirectoryError(f"OUTPUT_DIR '{output_dir}' exists and is not a folder") from None
     except OSError as err:
-        raise RunDirectoryError(f"OUTPUT_DIR '{output_dir}' cannot be created: {err.strerror}") from None
+        raise RunDirectoryError(
+            f"OUTPUT_DIR '{output_dir}' cannot be created: {err.strerror}"
+        ) from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"OUTPUT_DIR '{output_dir}' cannot be written (permission denied)")
 
@@ -65,7 +67,9 @@ class RunLock:
                         f"OUTPUT_DIR '{output_dir}' is in use by another training run ({holder}); "
                         "wait for it to finish, or choose another OUTPUT_DIR"
                     ) from None
-                raise RunDirectoryError(f"OUTPUT_DIR '{output_dir}' cannot be locked: {err.strerror}") from None
+                raise RunDirectoryError(
+                    f"OUTPUT_DIR '{output_dir}' cannot be locked: {err.strerror}"
+                ) from None
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # the holder removed the file between our open and our lock: again
@@ -80,7 +84,9 @@ class RunLock:
         try:
             return os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise RunDirectoryError(f"OUTPUT_DIR '{output_dir}' cannot be written: {err.strerror}") from None
+            raise RunDirectoryError(
+                f"OUTPUT_DIR '{output_dir}' cannot be written: {err.strerror}"
+            ) from None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..data.datasets import get_dataset, register_from_cfg
-from ..utils.distributed import get_rank, get_world_size, shared_random_seed
+from ..utils.distributed import get_rank, shared_random_seed
 from .seeding import seed_all
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ def slow_amp_warning(cfg, device_type: str) -> str | None:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability.startswith("AVX512"):
         return None
-    return (f"SOLVER.AMP.ENABLED is on for a CPU whose widest instructions are {capability}: "
-            f"PyTorch has no fast {cfg.SOLVER.AMP.DTYPE} convolution or matmul on it (100-250x "
-            "slower than float32 here, see benchmarks/README.md); set SOLVER.AMP.ENABLED False")
+    return (
+        f"SOLVER.AMP.ENABLED is on for a CPU whose widest instructions are {capability}: "
+        f"PyTorch has no fast {cfg.SOLVER.AMP.DTYPE} convolution or matmul on it (100-250x "
+        "slower than float32 here, see benchmarks/README.md); set SOLVER.AMP.ENABLED False"
+    )
 
 
 def resolve_seed(cfg, stored_seed: int | None = None) -> int:

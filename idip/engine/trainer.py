@@ -22,7 +22,12 @@ from torch import nn
 from ..config import CfgNode, ConfigError
 from ..config.setup import dump_cfg
 from ..data import build_train_loader
-from ..data.build import grad_accum_steps, num_loader_workers, test_batch_size, train_batch_size_per_rank
+from ..data.build import (
+    grad_accum_steps,
+    num_loader_workers,
+    test_batch_size,
+    train_batch_size_per_rank,
+)
 from ..modeling import build_model, resolve_device
 from ..modeling.backbone.norm import revert_sync_batchnorm
 from ..utils.distributed import (
@@ -36,8 +41,8 @@ from ..utils.distributed import (
     reduce_dict,
 )
 from .checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     find_last_checkpoint,
     load_weights,
     read_checkpoint,
@@ -84,8 +89,13 @@ class Trainer:
             logged either way).
     """
 
-    def __init__(self, cfg: CfgNode, resume: bool = False, start_over: bool = False,
-                 allow_config_change: bool = False):
+    def __init__(
+        self,
+        cfg: CfgNode,
+        resume: bool = False,
+        start_over: bool = False,
+        allow_config_change: bool = False,
+    ):
         self._allow_config_change = allow_config_change
         self.device = resolve_device(cfg)
         init_distributed(self.device.type)
@@ -121,18 +131,29 @@ class Trainer:
         self.accum_steps = grad_accum_steps(cfg)
 
         resume_path, resume_data = self._find_resume_checkpoint(cfg) if resume else (None, None)
-        stored_seed = stored_config_value(resume_data.get("config"), "SEED") if resume_data else None
+        stored_seed = (
+            stored_config_value(resume_data.get("config"), "SEED") if resume_data else None
+        )
         seed = resolve_seed(cfg, stored_seed)
         if cfg.SEED < 0:
-            logger.info("SEED is %d (drawn at random%s)", seed, "" if stored_seed is None else " by the resumed run")
+            logger.info(
+                "SEED is %d (drawn at random%s)",
+                seed,
+                "" if stored_seed is None else " by the resumed run",
+            )
         cfg = cfg.clone()
         cfg.defrost()
         cfg.SEED = seed
         cfg.freeze()
         self.cfg = cfg
         if resume_data is not None and resume_data.get("config"):
-            check_resume_config(resume_data["config"], cfg.dump(), resume_path,
-                                self._allow_config_change, logger.warning)
+            check_resume_config(
+                resume_data["config"],
+                cfg.dump(),
+                resume_path,
+                self._allow_config_change,
+                logger.warning,
+            )
 
         # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
         seed_all(seed)
@@ -165,7 +186,9 @@ class Trainer:
             self._restore_rng(data.get("rng_states") or [])
             logger.info("resumed from %s: continuing at iteration %d", resume_path, self.start_iter)
         elif cfg.MODEL.WEIGHTS:
-            logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg))
+            logger.info(
+                load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg)
+            )
 
         self.model = self._wrap_ddp(model, cfg)
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
@@ -175,14 +198,21 @@ class Trainer:
         logger.info(
             "world size %d, %d image(s) per forward pass per rank, %d accumulation step(s), "
             "%d image(s) per iteration, device %s",
-            get_world_size(), self.per_rank_batch, self.accum_steps, cfg.SOLVER.IMS_PER_BATCH, self.device,
+            get_world_size(),
+            self.per_rank_batch,
+            self.accum_steps,
+            cfg.SOLVER.IMS_PER_BATCH,
+            self.device,
         )
 
     # --- building blocks (overridable) ---------------------------------------------------
     def build_model(self, cfg: CfgNode) -> nn.Module:
         model = build_model(cfg)
-        logger.info("model %s: %.2fM parameters", cfg.MODEL.META_ARCHITECTURE,
-                    sum(p.numel() for p in model.parameters()) / 1e6)
+        logger.info(
+            "model %s: %.2fM parameters",
+            cfg.MODEL.META_ARCHITECTURE,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
         return model
 
     def build_train_loader(self, cfg: CfgNode, start_iter: int) -> Iterable[list[dict]]:
@@ -200,16 +230,27 @@ class Trainer:
     def _validate(cfg: CfgNode) -> None:
         solver = cfg.SOLVER
         lr = solver.BASE_LR
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"config key 'SOLVER.BASE_LR' must be a finite number > 0, got {lr!r}")
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not math.isfinite(lr)
+            or lr <= 0
+        ):
+            raise ConfigError(
+                f"config key 'SOLVER.BASE_LR' must be a finite number > 0, got {lr!r}"
+            )
         test_batch_size(cfg)  # checked now, not after training when evaluation starts
         num_loader_workers(cfg)
         if solver.MAX_ITER <= 0:
             raise ConfigError(f"config key 'SOLVER.MAX_ITER' must be > 0, got {solver.MAX_ITER}")
         if solver.CHECKPOINT_PERIOD < 0:
-            raise ConfigError(f"config key 'SOLVER.CHECKPOINT_PERIOD' must be >= 0, got {solver.CHECKPOINT_PERIOD}")
+            raise ConfigError(
+                f"config key 'SOLVER.CHECKPOINT_PERIOD' must be >= 0, got {solver.CHECKPOINT_PERIOD}"
+            )
         if cfg.TEST.EVAL_PERIOD < 0:
-            raise ConfigError(f"config key 'TEST.EVAL_PERIOD' must be >= 0, got {cfg.TEST.EVAL_PERIOD}")
+            raise ConfigError(
+                f"config key 'TEST.EVAL_PERIOD' must be >= 0, got {cfg.TEST.EVAL_PERIOD}"
+            )
         if cfg.LOG_PERIOD <= 0:
             raise ConfigError(f"config key 'LOG_PERIOD' must be > 0, got {cfg.LOG_PERIOD}")
         if solver.AMP.DTYPE not in _AMP_DTYPES:
@@ -257,7 +298,8 @@ class Trainer:
             # A different number of ranks: exact continuation is impossible; reseed per iteration.
             logger.warning(
                 "checkpoint holds RNG states of %d rank(s), this run has %d: reseeding instead",
-                len(rng_states), get_world_size(),
+                len(rng_states),
+                get_world_size(),
             )
             seed_all(self.cfg.SEED + get_rank() + 1_000_003 * self.start_iter)
 
@@ -274,18 +316,25 @@ class Trainer:
         if not is_dist():
             return model  # one process: a SyncBatchNorm computes as a BatchNorm
         if self.cfg.DDP.SYNC_BN or any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-            logger.warning("SyncBatchNorm needs CUDA; keeping per-rank BatchNorm on %s", self.device)
+            logger.warning(
+                "SyncBatchNorm needs CUDA; keeping per-rank BatchNorm on %s", self.device
+            )
         return revert_sync_batchnorm(model)
 
     def _wrap_ddp(self, model: nn.Module, cfg: CfgNode) -> nn.Module:
         if get_world_size() == 1:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        kwargs = {"device_ids": device_ids, "find_unused_parameters": cfg.DDP.FIND_UNUSED_PARAMETERS}
+        kwargs = {
+            "device_ids": device_ids,
+            "find_unused_parameters": cfg.DDP.FIND_UNUSED_PARAMETERS,
+        }
         if not cfg.DDP.BROADCAST_BUFFERS:
             # Newer torch renames broadcast_buffers (and warns about the old name).
             params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-            kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
+            kwargs[
+                "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            ] = False
         return nn.parallel.DistributedDataParallel(model, **kwargs)
 
     # --- the loop --------------------------------------------------------------------------
@@ -293,7 +342,9 @@ class Trainer:
         """Trains from ``start_iter`` to ``SOLVER.MAX_ITER``, then saves ``model_final.pth`` and
         evaluates. Returns the final evaluation results."""
         cfg = self.cfg
-        events = TrainingEvents(cfg.OUTPUT_DIR, self.max_iter, enabled=is_main_process(), device=self.device)
+        events = TrainingEvents(
+            cfg.OUTPUT_DIR, self.max_iter, enabled=is_main_process(), device=self.device
+        )
         self.events = events
         results: dict[str, Any] = {}
         try:
@@ -307,23 +358,40 @@ class Trainer:
                 scalars = dict(losses)
                 scalars["total_loss"] = sum(losses.values())
                 events.put_scalars(
-                    **scalars, lr=self._reported_lr(), time=time.perf_counter() - start, data_time=data_time
+                    **scalars,
+                    lr=self._reported_lr(),
+                    time=time.perf_counter() - start,
+                    data_time=data_time,
                 )
                 self.scheduler.step()
                 done = iteration + 1
                 if done % cfg.LOG_PERIOD == 0 or done == self.max_iter:
                     events.write(iteration)
-                if cfg.SOLVER.CHECKPOINT_PERIOD and done % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and done < self.max_iter:
+                if (
+                    cfg.SOLVER.CHECKPOINT_PERIOD
+                    and done % cfg.SOLVER.CHECKPOINT_PERIOD == 0
+                    and done < self.max_iter
+                ):
                     self.save(f"model_{iteration:07d}", iteration)
-                if cfg.TEST.EVAL_PERIOD and done % cfg.TEST.EVAL_PERIOD == 0 and done < self.max_iter:
+                if (
+                    cfg.TEST.EVAL_PERIOD
+                    and done % cfg.TEST.EVAL_PERIOD == 0
+                    and done < self.max_iter
+                ):
                     events.write_eval(iteration, self.evaluate(cfg, self.model))
             ran = self.max_iter - self.start_iter
             if ran > 0:
                 # detectron2's summary line: wall time of the loop, checkpoints and periodic evals included
                 elapsed = time.perf_counter() - train_start
-                logger.info("overall training speed: %d iterations in %s (%.4f s / it)", ran,
-                            datetime.timedelta(seconds=round(elapsed)), elapsed / ran)
-            if self.start_iter < self.max_iter or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")):
+                logger.info(
+                    "overall training speed: %d iterations in %s (%.4f s / it)",
+                    ran,
+                    datetime.timedelta(seconds=round(elapsed)),
+                    elapsed / ran,
+                )
+            if self.start_iter < self.max_iter or not os.path.isfile(
+                os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+            ):
                 self.save("model_final", self.max_iter - 1)
             results = self.evaluate(cfg, self.model)
             events.write_eval(self.max_iter - 1, results)
@@ -332,7 +400,9 @@ class Trainer:
             self.release_output_dir()
         return results
 
-    def run_step(self, loader: Iterator[list[dict]], iteration: int) -> tuple[dict[str, float], float]:
+    def run_step(
+        self, loader: Iterator[list[dict]], iteration: int
+    ) -> tuple[dict[str, float], float]:
         """One optimizer step over ``accum_steps`` batches.
 
         Returns:
@@ -388,7 +458,9 @@ class Trainer:
             )
         for name, value in loss_dict.items():
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise TypeError(f"loss {name!r} must be a scalar tensor, got {type(value).__name__}")
+                raise TypeError(
+                    f"loss {name!r} must be a scalar tensor, got {type(value).__name__}"
+                )
         return sum(v.float() for v in loss_dict.values())
 
     def _raise_if_not_finite(self, reduced: dict[str, torch.Tensor], iteration: int) -> None:
@@ -396,7 +468,11 @@ class Trainer:
         bad = {name: float(v) for name, v in reduced.items() if not torch.isfinite(v).all()}
         if bad:
             terms = ", ".join(f"{name} = {value}" for name, value in sorted(bad.items()))
-            last = self.checkpointer.last_checkpoint_path() if os.path.isdir(self.cfg.OUTPUT_DIR) else None
+            last = (
+                self.checkpointer.last_checkpoint_path()
+                if os.path.isdir(self.cfg.OUTPUT_DIR)
+                else None
+            )
             raise FloatingPointError(
                 f"non-finite loss at iteration {iteration}: {terms}; training stopped before the "
                 f"optimizer step" + (f" (last good checkpoint: {last})" if last else "")

@@ -323,5 +323,7 @@ def format_ap_table(results: dict[str, dict[str, float]]) -> str:
         lines.append(f"{task:<5} | " + " | ".join(cells))
         values = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
         if values:
-            per_category.append(f"{task} AP per category: " + ", ".join(f"{n} {v:.2f}" for n, v in values))
+            per_category.append(
+                f"{task} AP per category: " + ", ".join(f"{n} {v:.2f}" for n, v in values)
+            )
     return "\n".join(lines + per_category)

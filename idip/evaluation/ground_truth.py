@@ -65,7 +65,9 @@ def clean_ground_truth(data: dict, json_file: str) -> tuple[dict, dict]:
     images = {}
     for entry in data["images"]:
         if not isinstance(entry, dict) or any(k not in entry for k in ("id", "height", "width")):
-            raise DatasetError(f"'{json_file}': image entry {entry!r:.80} lacks id, height or width")
+            raise DatasetError(
+                f"'{json_file}': image entry {entry!r:.80} lacks id, height or width"
+            )
         images[entry["id"]] = entry
     mask_util = _mask_util()
     bbox_anns, segm_anns = [], []
@@ -94,10 +96,16 @@ def clean_ground_truth(data: dict, json_file: str) -> tuple[dict, dict]:
         height, width = int(image["height"]), int(image["width"])
         segmentation, why = clean_segmentation(ann.get("segmentation"), height, width)
         area = _area(ann, segmentation, box, height, width, mask_util)
-        common = {"id": len(bbox_anns) + 1, "image_id": ann["image_id"],
-                  "category_id": ann["category_id"], "bbox": box, "area": area}
-        bbox_anns.append({**common, "iscrowd": iscrowd,
-                          "segmentation": segmentation or _box_polygon(box)})
+        common = {
+            "id": len(bbox_anns) + 1,
+            "image_id": ann["image_id"],
+            "category_id": ann["category_id"],
+            "bbox": box,
+            "area": area,
+        }
+        bbox_anns.append(
+            {**common, "iscrowd": iscrowd, "segmentation": segmentation or _box_polygon(box)}
+        )
         if segmentation is None:
             ignored[why] += 1
             segm_anns.append({**common, "iscrowd": 1, "segmentation": _box_polygon(box)})
@@ -106,10 +114,18 @@ def clean_ground_truth(data: dict, json_file: str) -> tuple[dict, dict]:
     for reason, count in sorted(dropped.items()):
         logger.warning("%s: %d annotations %s are not evaluated", json_file, count, reason)
     for reason, count in sorted(ignored.items()):
-        logger.warning("%s: %d annotations with %s: boxes evaluated, ignore regions in the segm "
-                       "evaluation", json_file, count, reason)
-    base = {"images": list(images.values()), "categories": categories,
-            "info": data.get("info", {}), "licenses": data.get("licenses", [])}
+        logger.warning(
+            "%s: %d annotations with %s: boxes evaluated, ignore regions in the segm evaluation",
+            json_file,
+            count,
+            reason,
+        )
+    base = {
+        "images": list(images.values()),
+        "categories": categories,
+        "info": data.get("info", {}),
+        "licenses": data.get("licenses", []),
+    }
     return {**base, "annotations": bbox_anns}, {**base, "annotations": segm_anns}
 
 

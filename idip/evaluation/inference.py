@@ -57,15 +57,19 @@ def inference_on_dataset(
         total = len(loader)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    logger.info("start inference on %s batches (%d process(es))",
-                "?" if total is None else total, get_world_size())
+    logger.info(
+        "start inference on %s batches (%d process(es))",
+        "?" if total is None else total,
+        get_world_size(),
+    )
     evaluator.reset()
     warmup = 0 if total is None else min(5, max(total - 1, 0))
     images, timed_images, compute_time = 0, 0, 0.0
     start = time.perf_counter()
     with _eval_mode(model), torch.no_grad():
-        progress = tqdm(loader, total=total, disable=not is_main_process(), desc="inference",
-                        dynamic_ncols=True)
+        progress = tqdm(
+            loader, total=total, disable=not is_main_process(), desc="inference", dynamic_ncols=True
+        )
         for index, inputs in enumerate(progress):
             tic = time.perf_counter()
             outputs = model(inputs)
@@ -80,8 +84,11 @@ def inference_on_dataset(
     logger.info(
         "inference done on %d images in %s (%.4f s/image model time, %d warm-up batches "
         "excluded; %.4f s/image overall) per process",
-        images, datetime.timedelta(seconds=int(elapsed)),
-        compute_time / max(timed_images, 1), warmup, elapsed / max(images, 1),
+        images,
+        datetime.timedelta(seconds=int(elapsed)),
+        compute_time / max(timed_images, 1),
+        warmup,
+        elapsed / max(images, 1),
     )
     results = evaluator.evaluate()
     return {} if results is None else results

@@ -85,13 +85,18 @@ class Conversion:
 
 
 def _abbreviate(names: list[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return ", ".join(names[:limit]) + (
+        f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    )
 
 
 def detect_format(keys) -> str | None:
     """``ADELAIDET_CONDINST``, ``IDIP_AUTHORS`` or None, from a state dict's keys."""
     keys = list(keys)
-    if any(k.startswith("proposal_generator.fcos_head.") for k in keys) and "controller.weight" in keys:
+    if (
+        any(k.startswith("proposal_generator.fcos_head.") for k in keys)
+        and "controller.weight" in keys
+    ):
         return ADELAIDET_CONDINST
     if any(k.startswith("roi_head.dynamic_heads.") for k in keys):
         return IDIP_AUTHORS
@@ -152,10 +157,10 @@ def _apply(rules, name: str) -> str | None:
 def _backbone_key(key: str) -> str | None:
     """detectron2 ``backbone.*`` key -> ours (ResNet renamed to the torchvision layout)."""
     if key.startswith("backbone.bottom_up."):
-        inner = detectron2_to_torchvision_name(key[len("backbone.bottom_up."):])
+        inner = detectron2_to_torchvision_name(key[len("backbone.bottom_up.") :])
         return None if inner is None else "backbone.bottom_up." + inner
     if key.startswith("backbone."):
-        inner = _apply(_NECK_RULES, key[len("backbone."):])
+        inner = _apply(_NECK_RULES, key[len("backbone.") :])
         return None if inner is None else "backbone." + inner
     return None
 
@@ -164,7 +169,7 @@ def _condinst_key(key: str) -> str | None:
     if key.startswith("backbone."):
         return _backbone_key(key)
     if key.startswith("proposal_generator.fcos_head."):
-        return "fcos.head." + key[len("proposal_generator.fcos_head."):]
+        return "fcos.head." + key[len("proposal_generator.fcos_head.") :]
     if key.startswith(("mask_branch.", "controller.")):
         return key
     return None
@@ -179,14 +184,14 @@ def _idip_key(key: str) -> str | None:
     if m := re.fullmatch(r"roi_head\.time_heads\.(\d+)\.time_emb\.([13])\.(weight|bias)", key):
         return f"head.time_encoders.{m[1]}.mlp.{m[2]}.{m[3]}"
     if key.startswith("roi_head.box_head."):
-        inner = _apply(_BOX_HEAD_RULES, key[len("roi_head.box_head."):])
+        inner = _apply(_BOX_HEAD_RULES, key[len("roi_head.box_head.") :])
         return None if inner is None else "head.box_head." + inner
     if m := re.fullmatch(r"roi_head\.mask_head\.convs\.(\d+)\.0\.weight", key):
         return f"mask_head.convs.{3 * int(m[1])}.weight"  # [conv, BN, ReLU] per layer here
     if m := re.fullmatch(r"roi_head\.mask_head\.convs\.(\d+)\.1\.(\w+)", key):
         return f"mask_head.convs.{3 * int(m[1]) + 1}.{m[2]}"
     if key.startswith("roi_head.mask_head."):
-        inner = _apply(_IDIP_MASK_HEAD_RULES, key[len("roi_head.mask_head."):])
+        inner = _apply(_IDIP_MASK_HEAD_RULES, key[len("roi_head.mask_head.") :])
         return None if inner is None else "mask_head." + inner
     return None
 
@@ -195,8 +200,10 @@ _IGNORED = {
     ADELAIDET_CONDINST: re.compile(r"mask_head\.(sizes_of_interest|_iter)"),
     IDIP_AUTHORS: re.compile(r"alphas_cumprod|pixel_mean|pixel_std"),
 }
-_RENAME: dict[str, Callable[[str], str | None]] = {ADELAIDET_CONDINST: _condinst_key,
-                                                   IDIP_AUTHORS: _idip_key}
+_RENAME: dict[str, Callable[[str], str | None]] = {
+    ADELAIDET_CONDINST: _condinst_key,
+    IDIP_AUTHORS: _idip_key,
+}
 
 
 def _tensor(value: Any, key: str) -> torch.Tensor:
@@ -205,7 +212,9 @@ def _tensor(value: Any, key: str) -> torch.Tensor:
     try:
         return torch.as_tensor(value).clone()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"checkpoint entry {key!r} is not a tensor ({type(value).__name__})") from err
+        raise ConfigError(
+            f"checkpoint entry {key!r} is not a tensor ({type(value).__name__})"
+        ) from err
 
 
 def convert_authors_checkpoint(state: Mapping[str, Any]) -> Conversion:
@@ -223,16 +232,21 @@ def convert_authors_checkpoint(state: Mapping[str, Any]) -> Conversion:
     """
     fmt = detect_format(state.keys())
     if fmt is None:
-        raise ConfigError("the checkpoint is neither an AdelaiDet CondInst nor an IDIP authors' one")
-    out = Conversion(format=fmt, meta_architecture=META_ARCHITECTURE[fmt],
-                     settings=dict(REQUIRED_SETTINGS[fmt]))
+        raise ConfigError(
+            "the checkpoint is neither an AdelaiDet CondInst nor an IDIP authors' one"
+        )
+    out = Conversion(
+        format=fmt, meta_architecture=META_ARCHITECTURE[fmt], settings=dict(REQUIRED_SETTINGS[fmt])
+    )
     rename, ignored = _RENAME[fmt], _IGNORED[fmt]
     conv_biases = {}
     for key, value in state.items():
         if ignored.fullmatch(key):
             out.ignored.append(key)
             continue
-        if fmt == IDIP_AUTHORS and (m := re.fullmatch(r"roi_head\.mask_head\.convs\.(\d+)\.0\.bias", key)):
+        if fmt == IDIP_AUTHORS and (
+            m := re.fullmatch(r"roi_head\.mask_head\.convs\.(\d+)\.0\.bias", key)
+        ):
             conv_biases[int(m[1])] = (key, _tensor(value, key))
             continue
         target = rename(key)
@@ -261,7 +275,9 @@ def convert_authors_checkpoint(state: Mapping[str, Any]) -> Conversion:
     if fmt == IDIP_AUTHORS:
         for name, cfg_key in (("pixel_mean", "MODEL.PIXEL_MEAN"), ("pixel_std", "MODEL.PIXEL_STD")):
             if name in state:
-                out.settings[cfg_key] = [round(float(v), 4) for v in _tensor(state[name], name).flatten()]
+                out.settings[cfg_key] = [
+                    round(float(v), 4) for v in _tensor(state[name], name).flatten()
+                ]
     return out
 
 

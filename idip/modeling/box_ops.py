@@ -30,12 +30,16 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
 
 def box_area(boxes: Tensor) -> Tensor:
     """[..., 4] xyxy -> [...] areas (negative extents count as zero)."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
+        min=0
+    )
 
 
 def _check_boxes(name: str, boxes: Tensor) -> None:
     if boxes.dim() < 1 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have 4 coordinates in its last dimension, got {tuple(boxes.shape)}")
+        raise ValueError(
+            f"{name} must have 4 coordinates in its last dimension, got {tuple(boxes.shape)}"
+        )
 
 
 def pairwise_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]:

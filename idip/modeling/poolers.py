@@ -25,7 +25,9 @@ def box_lists_to_rois(boxes: list[Tensor], image_indices: list[int] | None = Non
     ``image_indices`` gives each list entry's batch index (default: its position).
     """
     indices = range(len(boxes)) if image_indices is None else image_indices
-    rows = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b], dim=1) for i, b in zip(indices, boxes)]
+    rows = [
+        torch.cat([b.new_full((b.shape[0], 1), float(i)), b], dim=1) for i, b in zip(indices, boxes)
+    ]
     return torch.cat(rows, dim=0) if rows else torch.zeros((0, 5))
 
 
@@ -42,14 +44,21 @@ class MultiLevelRoIPooler(nn.Module):
         use_reference_ops: pool with ``idip.ops.reference`` instead of the kernel.
     """
 
-    def __init__(self, output_size: int, strides: list[int], sampling_ratio: int,
-                 use_reference_ops: bool = False):
+    def __init__(
+        self,
+        output_size: int,
+        strides: list[int],
+        sampling_ratio: int,
+        use_reference_ops: bool = False,
+    ):
         super().__init__()
         levels = [math.log2(s) for s in strides]
         if any(abs(lv - round(lv)) > 1e-6 for lv in levels):
             raise ValueError(f"strides must be powers of two, got {strides}")
         if any(round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])):
-            raise ValueError(f"strides must be consecutive powers of two, finest first, got {strides}")
+            raise ValueError(
+                f"strides must be consecutive powers of two, finest first, got {strides}"
+            )
         self.output_size = output_size
         self.scales = [1.0 / s for s in strides]
         self.sampling_ratio = sampling_ratio

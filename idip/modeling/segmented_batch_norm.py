@@ -30,7 +30,9 @@ class SegmentedBatchNorm2d(nn.BatchNorm2d):
         if segments is None or not self.training or not self.track_running_stats:
             return super().forward(x)
         if self.momentum is None:
-            raise ValueError("SegmentedBatchNorm2d needs a momentum (cumulative averaging is not supported)")
+            raise ValueError(
+                "SegmentedBatchNorm2d needs a momentum (cumulative averaging is not supported)"
+            )
         k, c, h, w = x.shape
         seg = segments.to(device=x.device, dtype=torch.long)
         count = torch.bincount(seg, minlength=num_segments).to(x.dtype) * (h * w)  # [S]
@@ -57,6 +59,10 @@ class SegmentedBatchNorm2d(nn.BatchNorm2d):
         total = present.sum()
         unbiased = var * (count / (count - 1).clamp(min=1))[:, None]
         keep = (1 - m) ** total.to(mean.dtype)
-        self.running_mean.mul_(keep).add_((weights[:, None] * mean).sum(0).to(self.running_mean.dtype))
-        self.running_var.mul_(keep).add_((weights[:, None] * unbiased).sum(0).to(self.running_var.dtype))
+        self.running_mean.mul_(keep).add_(
+            (weights[:, None] * mean).sum(0).to(self.running_mean.dtype)
+        )
+        self.running_var.mul_(keep).add_(
+            (weights[:, None] * unbiased).sum(0).to(self.running_var.dtype)
+        )
         self.num_batches_tracked.add_(total)

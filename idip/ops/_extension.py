@@ -80,7 +80,9 @@ def load_cuda_emulation() -> bool:
     except ModuleNotFoundError:
         return False
     except ImportError as err:  # built, but it does not load: say why rather than skip
-        raise ExtensionError(f"idip._C_cuda_emu could not be loaded ({err}); {REBUILD_HINT}") from err
+        raise ExtensionError(
+            f"idip._C_cuda_emu could not be loaded ({err}); {REBUILD_HINT}"
+        ) from err
     _check_torch_version("_C_cuda_emu", _C_cuda_emu.build_info())
     _libraries.append(EMULATION_LIBRARY)
     for register in _registrars:

@@ -124,7 +124,9 @@ def dynamic_mask_head(
         [N, 1, H, W] mask logits in the dtype of ``mask_feats``.
     """
     if mask_feats.dim() == 4 and params.dim() == 2:
-        expected = dynamic_mask_head_num_params(mask_feats.shape[1], channels, num_layers, rel_coords)
+        expected = dynamic_mask_head_num_params(
+            mask_feats.shape[1], channels, num_layers, rel_coords
+        )
         if params.shape[1] != expected:
             raise ValueError(
                 f"dynamic_mask_head: params must be [N, {expected}] for {mask_feats.shape[1]} mask "
@@ -136,8 +138,20 @@ def dynamic_mask_head(
     )
 
 
-def _fake_forward(mask_feats, params, im_inds, locations, soi, mask_stride, channels=8, num_layers=3, rel_coords=True):
-    torch._check(mask_feats.dim() == 4, lambda: "dynamic_mask_head: mask_feats must be [B, C, H, W]")
+def _fake_forward(
+    mask_feats,
+    params,
+    im_inds,
+    locations,
+    soi,
+    mask_stride,
+    channels=8,
+    num_layers=3,
+    rel_coords=True,
+):
+    torch._check(
+        mask_feats.dim() == 4, lambda: "dynamic_mask_head: mask_feats must be [B, C, H, W]"
+    )
     expected = dynamic_mask_head_num_params(mask_feats.shape[1], channels, num_layers, rel_coords)
     torch._check(
         params.dim() == 2 and params.shape[1] == expected,
@@ -146,12 +160,16 @@ def _fake_forward(mask_feats, params, im_inds, locations, soi, mask_stride, chan
     return mask_feats.new_empty((params.shape[0], 1, mask_feats.shape[2], mask_feats.shape[3]))
 
 
-def _fake_backward(grad, mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords):
+def _fake_backward(
+    grad, mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords
+):
     return torch.empty_like(mask_feats), torch.empty_like(params)
 
 
 def _setup_context(ctx, inputs, output):
-    mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords = inputs
+    mask_feats, params, im_inds, locations, soi, mask_stride, channels, num_layers, rel_coords = (
+        inputs
+    )
     ctx.save_for_backward(mask_feats, params, im_inds, locations, soi)
     ctx.config = (mask_stride, channels, num_layers, rel_coords)
 

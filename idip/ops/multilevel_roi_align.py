@@ -61,8 +61,17 @@ def multilevel_roi_align(
     )
 
 
-def _fake_forward(features, rois, pooled_height, pooled_width, scales, sampling_ratio, aligned,
-      canonical_box_size, canonical_level):
+def _fake_forward(
+    features,
+    rois,
+    pooled_height,
+    pooled_width,
+    scales,
+    sampling_ratio,
+    aligned,
+    canonical_box_size,
+    canonical_level,
+):
     torch._check(len(features) > 0, lambda: "multilevel_roi_align: features must not be empty")
     torch._check(len(features) == len(scales), lambda: "multilevel_roi_align: one scale per level")
     f0 = features[0]
@@ -71,12 +80,25 @@ def _fake_forward(features, rois, pooled_height, pooled_width, scales, sampling_
         lambda: f"multilevel_roi_align: rois must be [K, 5], got {rois.shape}",
     )
     for f in features:
-        torch._check(f.dim() == 4 and f.dtype == f0.dtype, lambda: "multilevel_roi_align: bad features")
+        torch._check(
+            f.dim() == 4 and f.dtype == f0.dtype, lambda: "multilevel_roi_align: bad features"
+        )
     return f0.new_empty((rois.shape[0], f0.shape[1], pooled_height, pooled_width))
 
 
-def _fake_backward(grad, rois, batch_size, channels, heights, widths, scales, sampling_ratio, aligned,
-      canonical_box_size, canonical_level):
+def _fake_backward(
+    grad,
+    rois,
+    batch_size,
+    channels,
+    heights,
+    widths,
+    scales,
+    sampling_ratio,
+    aligned,
+    canonical_box_size,
+    canonical_level,
+):
     return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
 
 

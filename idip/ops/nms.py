@@ -44,8 +44,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def _fake_nms(boxes, scores):
-    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"nms: boxes must be [K, 4], got {boxes.shape}")
-    torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "nms: scores must be [K]")
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4,
+        lambda: f"nms: boxes must be [K, 4], got {boxes.shape}",
+    )
+    torch._check(
+        scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "nms: scores must be [K]"
+    )
     kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((kept,), dtype=torch.int64)
 
@@ -55,7 +60,9 @@ def _fake_single_class(boxes, scores, iou_threshold):
 
 
 def _fake_batched(boxes, scores, idxs, iou_threshold):
-    torch._check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], lambda: "batched_nms: idxs must be [K]")
+    torch._check(
+        idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], lambda: "batched_nms: idxs must be [K]"
+    )
     return _fake_nms(boxes, scores)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .dynamic_mask_head import split_dynamic_mask_head_params
 
+
 # ================================================================================================
 # RoIAlign and NMS (ops 1-3)
 # ================================================================================================
@@ -25,8 +26,9 @@ def _pair(output_size) -> tuple[int, int]:
     return int(output_size[0]), int(output_size[1])
 
 
-def _bilinear_axis(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, grid_max: int,
-                   size: int):
+def _bilinear_axis(
+    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, grid_max: int, size: int
+):
     """Sampling coordinates along one axis and their bilinear neighbours, torchvision's way.
 
     Returns, each [K, pooled, grid_max]: low and high pixel indices, the weight of the high pixel,
@@ -36,7 +38,11 @@ def _bilinear_axis(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, g
     p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
     i = torch.arange(grid_max, device=start.device)[None, None, :]
     g = grid[:, None, None]
-    coord = start[:, None, None] + p * bin_size[:, None, None] + (i + 0.5).to(start.dtype) * bin_size[:, None, None] / g.to(start.dtype)
+    coord = (
+        start[:, None, None]
+        + p * bin_size[:, None, None]
+        + (i + 0.5).to(start.dtype) * bin_size[:, None, None] / g.to(start.dtype)
+    )
     inside = (coord >= -1) & (coord <= size) & (i < g)
     coord = coord.clamp(min=0)
     low = coord.floor().long()  # coord >= 0 here, so floor equals the C cast
@@ -101,15 +107,16 @@ def roi_align(
     chunk = max(1, (1 << 24) // max(1, K * ph * gh * pw * gw))
     outs = []
     for c0 in range(0, C, chunk):
-        feat = input[:, c0:c0 + chunk].permute(0, 2, 3, 1)  # [N, H, W, c]
+        feat = input[:, c0 : c0 + chunk].permute(0, 2, 3, 1)  # [N, H, W, c]
         val = sum(w[..., None] * feat[b, yy, xx] for w, (yy, xx) in zip(weights, corners))
         outs.append(val.sum(dim=(2, 4)))  # [K, ph, pw, c]
     out = torch.cat(outs, dim=-1) / count[:, None, None, None]
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def assign_fpn_levels(rois: Tensor, num_levels: int, first_level: int, canonical_box_size: float,
-                      canonical_level: int) -> Tensor:
+def assign_fpn_levels(
+    rois: Tensor, num_levels: int, first_level: int, canonical_box_size: float, canonical_level: int
+) -> Tensor:
     """[K] index (0..num_levels-1) of the level each RoI is pooled from (detectron2's rule).
 
     level = floor(canonical_level + log2(sqrt(area) / canonical_box_size + 1e-8)), clamped to
@@ -125,7 +132,9 @@ def assign_fpn_levels(rois: Tensor, num_levels: int, first_level: int, canonical
 def _first_level(scales) -> int:
     levels = [round(-math.log2(s)) for s in scales]
     if levels != list(range(levels[0], levels[0] + len(levels))):
-        raise ValueError(f"scales must be consecutive levels 1/2**k, finest first, got {list(scales)}")
+        raise ValueError(
+            f"scales must be consecutive levels 1/2**k, finest first, got {list(scales)}"
+        )
     return levels[0]
 
 
@@ -166,8 +175,17 @@ def multilevel_roi_align(
 ) -> Tensor:
     """Reference of :func:`idip.ops.multilevel_roi_align`: the per-level loop over
     :func:`roi_align` (this module's)."""
-    return multilevel_roi_align_loop(roi_align, features, rois, output_size, scales,
-                                     sampling_ratio, aligned, canonical_box_size, canonical_level)
+    return multilevel_roi_align_loop(
+        roi_align,
+        features,
+        rois,
+        output_size,
+        scales,
+        sampling_ratio,
+        aligned,
+        canonical_box_size,
+        canonical_level,
+    )
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -188,11 +206,11 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         if bool(suppressed[i]):
             continue
         keep.append(i)
-        w = (torch.minimum(x2[i], x2[i + 1:]) - torch.maximum(x1[i], x1[i + 1:])).clamp(min=0)
-        h = (torch.minimum(y2[i], y2[i + 1:]) - torch.maximum(y1[i], y1[i + 1:])).clamp(min=0)
+        w = (torch.minimum(x2[i], x2[i + 1 :]) - torch.maximum(x1[i], x1[i + 1 :])).clamp(min=0)
+        h = (torch.minimum(y2[i], y2[i + 1 :]) - torch.maximum(y1[i], y1[i + 1 :])).clamp(min=0)
         inter = w * h
-        iou = inter / (areas[i] + areas[i + 1:] - inter)
-        suppressed[i + 1:] |= iou.double() > iou_threshold
+        iou = inter / (areas[i] + areas[i + 1 :] - inter)
+        suppressed[i + 1 :] |= iou.double() > iou_threshold
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
@@ -339,16 +357,25 @@ def box_ddim_step(
 ) -> tuple[Tensor, Tensor]:
     """Reference of :func:`idip.ops.box_ddim_step`: DiffusionDet's ddim_sample step with box
     renewal, one image at a time (boolean indexing, then concatenation of fresh boxes)."""
-    sigma = 0.0 if eta == 0 else (
-        eta * math.sqrt(1 - alpha / alpha_next) * math.sqrt((1 - alpha_next) / (1 - alpha)))
+    sigma = (
+        0.0
+        if eta == 0
+        else (eta * math.sqrt(1 - alpha / alpha_next) * math.sqrt((1 - alpha_next) / (1 - alpha)))
+    )
     c = math.sqrt(max(1 - alpha_next - sigma**2, 0.0))
     n = x_t.shape[1]
     x_next = []
     for b in range(x_t.shape[0]):
         xyxy = pred_boxes[b] / image_size[b]
         cxcywh = torch.stack(
-            [(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
-             xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], dim=-1)
+            [
+                (xyxy[:, 0] + xyxy[:, 2]) / 2,
+                (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                xyxy[:, 2] - xyxy[:, 0],
+                xyxy[:, 3] - xyxy[:, 1],
+            ],
+            dim=-1,
+        )
         x0 = cxcywh.clamp(0, 1) * 2 - 1
         eps = (x_t[b] - math.sqrt(alpha) * x0) / math.sqrt(1 - alpha)
         kb = keep[b]

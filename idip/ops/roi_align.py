@@ -49,8 +49,12 @@ def roi_align(
     )
 
 
-def _fake_roi_align(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
-    torch._check(input.dim() == 4, lambda: f"roi_align: input must be [N, C, H, W], got {input.shape}")
+def _fake_roi_align(
+    input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned
+):
+    torch._check(
+        input.dim() == 4, lambda: f"roi_align: input must be [N, C, H, W], got {input.shape}"
+    )
     torch._check(
         rois.dim() == 2 and rois.shape[1] == 5,
         lambda: f"roi_align: rois must be [K, 5], got {rois.shape}",
@@ -60,7 +64,9 @@ def _fake_roi_align(input, rois, pooled_height, pooled_width, spatial_scale, sam
 
 
 def _fake_roi_align_backward(grad, rois, input_shape, spatial_scale, sampling_ratio, aligned):
-    torch._check(len(input_shape) == 4, lambda: "roi_align_backward: input_shape must be (N, C, H, W)")
+    torch._check(
+        len(input_shape) == 4, lambda: "roi_align_backward: input_shape must be (N, C, H, W)"
+    )
     return grad.new_empty(tuple(input_shape))
 
 

@@ -104,7 +104,9 @@ def init_distributed(device_type: str) -> bool:
         # Restarted workers reuse torchrun's store, which still holds the keys (peer addresses)
         # of the failed attempt; a per-attempt prefix keeps the new group from reading them.
         store = dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
             timeout=datetime.timedelta(minutes=30),
         )
         kwargs.update(

@@ -11,10 +11,26 @@ from PIL import Image, ImageDraw, ImageFont
 # A fixed palette of distinct, saturated colours (RGB); class k uses PALETTE[k % len(PALETTE)].
 PALETTE = np.array(
     [
-        [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-        [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-        [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [220, 190, 255],
+        [170, 110, 40],
+        [255, 250, 200],
+        [128, 0, 0],
+        [170, 255, 195],
+        [128, 128, 0],
+        [255, 215, 180],
+        [0, 0, 128],
+        [128, 128, 128],
     ],
     dtype=np.uint8,
 )
@@ -49,7 +65,9 @@ def draw_instances(
     Returns:
         A new RGB PIL image of the same size; higher-scoring instances are drawn on top.
     """
-    canvas = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    canvas = np.array(
+        image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32
+    )
     if canvas.ndim != 3 or canvas.shape[2] != 3:
         raise ValueError(f"image must be [H,W,3] RGB, got shape {canvas.shape}")
     height, width = canvas.shape[:2]
@@ -76,12 +94,21 @@ def draw_instances(
         color = color_of(labels[i])
         x0, y0, x1, y1 = boxes[i]
         draw.rectangle([x0, y0, x1, y1], outline=color, width=line)
-        name = class_names[labels[i]] if class_names and 0 <= labels[i] < len(class_names) else f"class {labels[i]}"
+        name = (
+            class_names[labels[i]]
+            if class_names and 0 <= labels[i] < len(class_names)
+            else f"class {labels[i]}"
+        )
         text = f"{name} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y0 - th - 2 if y0 - th - 2 >= 0 else y0  # above the box, or inside when at the top
         draw.rectangle([x0, ty, x0 + tw + 2, ty + th + 2], fill=color)
         brightness = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((x0 + 1 - left, ty + 1 - top), text, fill=(0, 0, 0) if brightness > 140 else (255, 255, 255), font=font)
+        draw.text(
+            (x0 + 1 - left, ty + 1 - top),
+            text,
+            fill=(0, 0, 0) if brightness > 140 else (255, 255, 255),
+            font=font,
+        )
     return out

@@ -17,7 +17,8 @@ def bench_model():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         spec = importlib.util.spec_from_file_location(
-            "bench_model", os.path.join(ROOT, "benchmarks", "bench_model.py"))
+            "bench_model", os.path.join(ROOT, "benchmarks", "bench_model.py")
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -26,8 +27,24 @@ def bench_model():
 
 
 # tiny images, one repetition: this checks the bookkeeping, not the speed
-_ARGS = ["--device", "cpu", "--models", "CondInst", "--size", "64", "96", "--batches", "1",
-         "--dtypes", "fp32", "--reps", "1", "--warmup", "0", "--no-train"]
+_ARGS = [
+    "--device",
+    "cpu",
+    "--models",
+    "CondInst",
+    "--size",
+    "64",
+    "96",
+    "--batches",
+    "1",
+    "--dtypes",
+    "fp32",
+    "--reps",
+    "1",
+    "--warmup",
+    "0",
+    "--no-train",
+]
 
 
 def test_resume_keeps_measured_rows_and_adds_only_missing_ones(bench_model, tmp_path):
@@ -36,8 +53,10 @@ def test_resume_keeps_measured_rows_and_adds_only_missing_ones(bench_model, tmp_
     with open(out) as f:
         first = json.load(f)
     keys = [bench_model.row_key(r) for r in first["rows"]]
-    assert keys == [("CondInst", "idip kernels", "inference", 1, "fp32"),
-                    ("CondInst", "reference ops", "inference", 1, "fp32")]
+    assert keys == [
+        ("CondInst", "idip kernels", "inference", 1, "fp32"),
+        ("CondInst", "reference ops", "inference", 1, "fp32"),
+    ]
     assert all(r["time_ms"] > 0 for r in first["rows"])
     # random weights score under FCOS's threshold; the benchmark keeps every candidate so that
     # NMS and the mask head run, as with a trained model (at most POST_NMS_TOPK_TEST per image)
@@ -48,8 +67,10 @@ def test_resume_keeps_measured_rows_and_adds_only_missing_ones(bench_model, tmp_
     assert first["complete"] is False  # bf16, batch 8, training and IDIP are missing
 
     # an earlier failure is measured again; a measured row is kept as it was
-    first["rows"][1] = {**{k: first["rows"][1][k] for k in ("model", "ops", "mode", "batch", "dtype")},
-                        "error": "RuntimeError: injected"}
+    first["rows"][1] = {
+        **{k: first["rows"][1][k] for k in ("model", "ops", "mode", "batch", "dtype")},
+        "error": "RuntimeError: injected",
+    }
     with open(out, "w") as f:
         json.dump(first, f)
     bench_model.main(_ARGS + ["--out", out, "--resume"])
@@ -64,21 +85,48 @@ def test_resume_keeps_measured_rows_and_adds_only_missing_ones(bench_model, tmp_
 
 def test_remeasure_replaces_the_selected_rows_and_keeps_the_others(bench_model, tmp_path):
     out = str(tmp_path / "model.json")
-    kept = {"model": "IDIP", "ops": "idip kernels", "mode": "inference", "batch": 1, "dtype": "fp32",
-            "time_ms": 123.0, "images_per_s": 8.1}
-    stale = {"model": "CondInst", "ops": "idip kernels", "mode": "inference", "batch": 1,
-             "dtype": "fp32", "time_ms": -1.0, "images_per_s": -1.0}
+    kept = {
+        "model": "IDIP",
+        "ops": "idip kernels",
+        "mode": "inference",
+        "batch": 1,
+        "dtype": "fp32",
+        "time_ms": 123.0,
+        "images_per_s": 8.1,
+    }
+    stale = {
+        "model": "CondInst",
+        "ops": "idip kernels",
+        "mode": "inference",
+        "batch": 1,
+        "dtype": "fp32",
+        "time_ms": -1.0,
+        "images_per_s": -1.0,
+    }
     import torch
+
     with open(out, "w") as f:
-        json.dump({"rows": [kept, stale], "device": "Test CPU", "device_kind": "cpu", "image_size": [64, 96],
-                   "torch": torch.__version__, "commit": "old", "reps": 3, "warmup": 1}, f)
+        json.dump(
+            {
+                "rows": [kept, stale],
+                "device": "Test CPU",
+                "device_kind": "cpu",
+                "image_size": [64, 96],
+                "torch": torch.__version__,
+                "commit": "old",
+                "reps": 3,
+                "warmup": 1,
+            },
+            f,
+        )
     bench_model.main(_ARGS + ["--out", out, "--resume", "--remeasure"])
     with open(out) as f:
         rows = json.load(f)["rows"]
     assert rows[0] == kept
     assert [bench_model.row_key(r) for r in rows[1:]] == [
         ("CondInst", "idip kernels", "inference", 1, "fp32"),
-        ("CondInst", "reference ops", "inference", 1, "fp32")]
+        ("CondInst", "reference ops", "inference", 1, "fp32"),
+    ]
     assert all(r["time_ms"] > 0 and r["reps"] == 1 for r in rows[1:])
 
 
@@ -91,8 +139,9 @@ def test_resume_refuses_a_file_of_another_size(bench_model, tmp_path):
 
 def test_resume_refuses_a_file_of_another_torch(bench_model, tmp_path):
     out = tmp_path / "model.json"
-    out.write_text(json.dumps({"rows": [], "device_kind": "cpu", "image_size": [64, 96],
-                               "torch": "1.0.0"}))
+    out.write_text(
+        json.dumps({"rows": [], "device_kind": "cpu", "image_size": [64, 96], "torch": "1.0.0"})
+    )
     with pytest.raises(SystemExit, match="measured with torch 1.0.0"):
         bench_model.main(_ARGS + ["--out", str(out), "--resume"])
 

@@ -29,24 +29,33 @@ def test_get_cfg_returns_independent_copies():
 
 def test_base_inheritance_relative_paths(tmp_path):
     (tmp_path / "sub").mkdir()
-    _write(tmp_path / "Base.yaml", """
+    _write(
+        tmp_path / "Base.yaml",
+        """
         SOLVER:
           BASE_LR: 0.5
           MAX_ITER: 10
         MODEL:
           RESNETS:
             DEPTH: 18
-    """)
-    _write(tmp_path / "sub" / "Mid.yaml", """
+    """,
+    )
+    _write(
+        tmp_path / "sub" / "Mid.yaml",
+        """
         _BASE_: ../Base.yaml
         SOLVER:
           MAX_ITER: 20
-    """)
-    child = _write(tmp_path / "sub" / "Child.yaml", """
+    """,
+    )
+    child = _write(
+        tmp_path / "sub" / "Child.yaml",
+        """
         _BASE_: "./Mid.yaml"
         SOLVER:
           STEPS: [5, 8]
-    """)
+    """,
+    )
     cfg = get_cfg()
     cfg.merge_from_file(child)
     assert cfg.SOLVER.BASE_LR == 0.5  # from the grandparent
@@ -185,6 +194,10 @@ def test_repo_configs_load():
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     files = []
     for dirpath, _, names in os.walk(root):
-        files += [os.path.join(dirpath, n) for n in names if n.endswith(".yaml") and not n.startswith("Base")]
+        files += [
+            os.path.join(dirpath, n)
+            for n in names
+            if n.endswith(".yaml") and not n.startswith("Base")
+        ]
     for path in files:
         get_cfg().merge_from_file(path)

@@ -13,8 +13,8 @@ from torch import nn
 
 import idip.engine.checkpoint as ckpt_mod
 from idip.engine.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     load_weights,
     read_checkpoint,
 )
@@ -45,7 +45,9 @@ def test_save_writes_file_and_marker_loadable_weights_only(tmp_path):
     ck = _checkpointer(model, tmp_path)
     path = ck.save("model_0000004", 4, rng_states=[capture_rng_state()])
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000004.pth"
-    data = torch.load(path, weights_only=True)  # RNG states and optimizer state are weights_only-safe
+    data = torch.load(
+        path, weights_only=True
+    )  # RNG states and optimizer state are weights_only-safe
     assert data["iteration"] == 4 and data["meta_architecture"] == "IDIP"
     assert torch.equal(data["model"]["head.weight"], model.head.weight)
     assert ck.last_checkpoint_path() == path
@@ -105,7 +107,10 @@ def test_max_keep_prunes_old_periodic_checkpoints(tmp_path):
         ck.save(f"model_{it:07d}", it)
     ck.save("model_final", 6)
     assert sorted(os.listdir(tmp_path)) == [
-        "last_checkpoint", "model_0000003.pth", "model_0000005.pth", "model_final.pth"
+        "last_checkpoint",
+        "model_0000003.pth",
+        "model_0000005.pth",
+        "model_final.pth",
     ]
 
 
@@ -127,9 +132,14 @@ def test_read_errors_name_the_path(tmp_path):
 def test_weights_from_other_architecture_or_shape_are_rejected(tmp_path):
     src = Small()
     path = _checkpointer(src, tmp_path, arch="CondInst").save("model_final", 9)
-    with pytest.raises(CheckpointError, match="holds a CondInst model but MODEL.META_ARCHITECTURE is IDIP"):
+    with pytest.raises(
+        CheckpointError, match="holds a CondInst model but MODEL.META_ARCHITECTURE is IDIP"
+    ):
         load_weights(Small(), path, "IDIP")
-    with pytest.raises(CheckpointError, match=r"shape mismatches: head.weight \(checkpoint \(3, 5\) vs model \(7, 5\)\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches: head.weight \(checkpoint \(3, 5\) vs model \(7, 5\)\)",
+    ):
         load_weights(Small(out=7), path, "CondInst")
 
     class Extra(Small):
@@ -152,10 +162,24 @@ def test_missing_weights_file(tmp_path):
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    random.random(), np.random.randn(), torch.randn(1)  # move off the seeded positions (gauss cache)
+    (
+        random.random(),
+        np.random.randn(),
+        torch.randn(1),
+    )  # move off the seeded positions (gauss cache)
     path = tmp_path / "rng.pth"
     torch.save(capture_rng_state(), path)
-    first = (random.random(), random.gauss(0, 1), np.random.randn(3).tolist(), torch.randn(3).tolist())
+    first = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.randn(3).tolist(),
+        torch.randn(3).tolist(),
+    )
     restore_rng_state(torch.load(path, weights_only=True))
-    second = (random.random(), random.gauss(0, 1), np.random.randn(3).tolist(), torch.randn(3).tolist())
+    second = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.randn(3).tolist(),
+        torch.randn(3).tolist(),
+    )
     assert first == second

@@ -36,9 +36,24 @@ def test_demo_single_image_and_folder(trained, tmp_path):
     image = _write_image(tmp_path / "a.png", 1)
     weights = str(trained / "model_final.pth")
     cfg_file = str(trained / "config.yaml")
-    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "a.png"),
-                               "--output", str(tmp_path / "vis.png"), "--confidence-threshold", "0",
-                               "--opts", "MODEL.WEIGHTS", weights, "INPUT.MIN_SIZE_TEST", "48"])
+    code = run_cli(
+        demo.main,
+        [
+            "--config-file",
+            cfg_file,
+            "--input",
+            str(tmp_path / "a.png"),
+            "--output",
+            str(tmp_path / "vis.png"),
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+            "INPUT.MIN_SIZE_TEST",
+            "48",
+        ],
+    )
     assert code == 0
     drawn = np.asarray(Image.open(tmp_path / "vis.png"))
     assert drawn.shape == image.shape  # predictions come back at the original size
@@ -48,26 +63,60 @@ def test_demo_single_image_and_folder(trained, tmp_path):
     folder.mkdir()
     _write_image(folder / "x.png", 2)
     _write_image(folder / "y.jpg", 3)
-    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(folder), "--output", str(tmp_path / "out"),
-                               "--confidence-threshold", "1.0", "--opts", "MODEL.WEIGHTS", weights])
+    code = run_cli(
+        demo.main,
+        [
+            "--config-file",
+            cfg_file,
+            "--input",
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--confidence-threshold",
+            "1.0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ],
+    )
     assert code == 0
     assert sorted(os.listdir(tmp_path / "out")) == ["x.png", "y.png"]
     # nothing scores above 1.0: the output is the input image unchanged
-    assert (np.asarray(Image.open(tmp_path / "out" / "x.png")) == np.asarray(Image.open(folder / "x.png"))).all()
+    assert (
+        np.asarray(Image.open(tmp_path / "out" / "x.png"))
+        == np.asarray(Image.open(folder / "x.png"))
+    ).all()
 
 
 def test_demo_errors(trained, tmp_path, capsys):
     cfg_file = str(trained / "config.yaml")
-    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "*.png"),
-                               "--output", str(tmp_path), "--opts", "MODEL.WEIGHTS", "x.pth"])
+    code = run_cli(
+        demo.main,
+        [
+            "--config-file",
+            cfg_file,
+            "--input",
+            str(tmp_path / "*.png"),
+            "--output",
+            str(tmp_path),
+            "--opts",
+            "MODEL.WEIGHTS",
+            "x.pth",
+        ],
+    )
     assert code == 2 and "matches no file" in capsys.readouterr().err
     _write_image(tmp_path / "a.png", 1)
-    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "a.png"), "--output", str(tmp_path)])
+    code = run_cli(
+        demo.main,
+        ["--config-file", cfg_file, "--input", str(tmp_path / "a.png"), "--output", str(tmp_path)],
+    )
     assert code == 2 and "MODEL.WEIGHTS" in capsys.readouterr().err
 
 
 def test_eval_requires_weights(trained, capsys):
-    code = run_cli(eval_cli.main, ["--config-file", str(trained / "config.yaml"), "DATASETS.TEST", "('x',)"])
+    code = run_cli(
+        eval_cli.main, ["--config-file", str(trained / "config.yaml"), "DATASETS.TEST", "('x',)"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [
         "error: config key 'MODEL.WEIGHTS' is empty; give the checkpoint to evaluate (MODEL.WEIGHTS path)"
@@ -76,8 +125,18 @@ def test_eval_requires_weights(trained, capsys):
 
 def test_train_config_error_in_a_subprocess_is_one_line_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "SOLVER.MAX_ITER", "ten", "OUTPUT_DIR", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "SOLVER.MAX_ITER",
+            "ten",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -98,9 +157,22 @@ def test_demo_reads_images_as_training_does(trained, tmp_path):
     Image.fromarray(wide).save(tmp_path / "deep.png")  # mode I;16
     for name in ("rotated.jpg", "deep.png"):
         out = tmp_path / f"vis_{name}.png"
-        code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / name),
-                                   "--output", str(out), "--confidence-threshold", "1.0",
-                                   "--opts", "MODEL.WEIGHTS", weights])
+        code = run_cli(
+            demo.main,
+            [
+                "--config-file",
+                cfg_file,
+                "--input",
+                str(tmp_path / name),
+                "--output",
+                str(out),
+                "--confidence-threshold",
+                "1.0",
+                "--opts",
+                "MODEL.WEIGHTS",
+                weights,
+            ],
+        )
         assert code == 0
         drawn = np.asarray(Image.open(out))
         if name == "rotated.jpg":
@@ -114,7 +186,19 @@ def test_demo_output_naming_an_existing_file_is_one_line(trained, tmp_path, caps
     _write_image(tmp_path / "a.png", 1)
     _write_image(tmp_path / "b.png", 2)
     (tmp_path / "taken").write_text("not a folder")
-    code = run_cli(demo.main, ["--config-file", cfg_file, "--input", str(tmp_path / "[ab].png"),
-                               "--output", str(tmp_path / "taken"), "--opts", "MODEL.WEIGHTS", weights])
+    code = run_cli(
+        demo.main,
+        [
+            "--config-file",
+            cfg_file,
+            "--input",
+            str(tmp_path / "[ab].png"),
+            "--output",
+            str(tmp_path / "taken"),
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is an existing file" in err[0]

@@ -14,10 +14,24 @@ SCRIPT = os.path.join(ROOT, "tests", "engine", "tiny_train_script.py")
 
 
 def _torchrun(out_dir, report, max_iter=4, extra_env=None, torchrun_args=(), **opts):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_REPORT=str(report), PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TINY_REPORT=str(report),
+        PYTHONPATH=ROOT,
+        PYTHONFAULTHANDLER="1",
+    )
     env.update(extra_env or {})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *torchrun_args,
-           SCRIPT, *tiny_cfg_opts(str(out_dir), max_iter, **opts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *torchrun_args,
+        SCRIPT,
+        *tiny_cfg_opts(str(out_dir), max_iter, **opts),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, torchrun_failure(proc)
     with open(report) as f:
@@ -43,15 +57,23 @@ def test_two_process_training_and_restart(tmp_path):
     assert log.count("iter: 2 ") == 1
     assert "world size 2" in log
     assert sorted(f for f in os.listdir(tmp_path / "run") if not f.startswith("events.out")) == [
-        "config.yaml", "last_checkpoint", "log.txt", "metrics.json",
-        "model_0000001.pth", "model_final.pth",
+        "config.yaml",
+        "last_checkpoint",
+        "log.txt",
+        "metrics.json",
+        "model_0000001.pth",
+        "model_final.pth",
     ]
 
     # A worker failure at iteration 3 on the first attempt: torchrun restarts both workers, which
     # resume from model_0000001.pth (iteration 1) and end with the same parameters.
     restarted, proc = _torchrun(
-        tmp_path / "restart", tmp_path / "report2.json", max_iter=4,
-        extra_env={"TINY_FAIL_AT_ITER": "3"}, torchrun_args=("--max-restarts=1",), SEED=seed,
+        tmp_path / "restart",
+        tmp_path / "report2.json",
+        max_iter=4,
+        extra_env={"TINY_FAIL_AT_ITER": "3"},
+        torchrun_args=("--max-restarts=1",),
+        SEED=seed,
     )
     assert [r["start_iter"] for r in restarted["ranks"]] == [2, 2]
     assert restarted["ranks"][0]["params"] == ranks[0]["params"]
@@ -71,7 +93,9 @@ def test_killed_during_checkpoint_write_then_resume(tmp_path):
     done = _python(tmp_path / "full", tmp_path / "full.json", 6)
     assert done.returncode == 0, done.stderr[-3000:]
     # checkpoints at iterations 1, 3, 5(final): killed while writing the second (iteration 3)
-    killed = _python(tmp_path / "run", tmp_path / "unused.json", 6, extra_env={"TINY_KILL_IN_SAVE": "2"})
+    killed = _python(
+        tmp_path / "run", tmp_path / "unused.json", 6, extra_env={"TINY_KILL_IN_SAVE": "2"}
+    )
     assert killed.returncode == -9
     assert (tmp_path / "run" / "last_checkpoint").read_text().strip() == "model_0000001.pth"
     assert not (tmp_path / "run" / "model_0000003.pth").exists()
@@ -90,8 +114,12 @@ def test_two_gpu_nccl_training(tmp_path):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-    report, _ = _torchrun(tmp_path / "run", tmp_path / "report.json", max_iter=4,
-                          **{"MODEL.DEVICE": "cuda", "DETERMINISTIC": False, "SOLVER.AMP.ENABLED": True})
+    report, _ = _torchrun(
+        tmp_path / "run",
+        tmp_path / "report.json",
+        max_iter=4,
+        **{"MODEL.DEVICE": "cuda", "DETERMINISTIC": False, "SOLVER.AMP.ENABLED": True},
+    )
     ranks = report["ranks"]
     assert [r["steps"] for r in ranks] == [4, 4]
     assert ranks[0]["params"] == ranks[1]["params"]

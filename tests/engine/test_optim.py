@@ -106,7 +106,9 @@ def test_adamw_is_fused_and_steps_like_torchs_reference_adamw(device):
     opt = build_optimizer(cfg, net)
     assert opt.defaults["fused"] is True
     # the oracle: torch's single-tensor AdamW over the same groups
-    reference = torch.optim.AdamW(build_param_groups(cfg, twin), lr=0.1, betas=(0.9, 0.99), foreach=False)
+    reference = torch.optim.AdamW(
+        build_param_groups(cfg, twin), lr=0.1, betas=(0.9, 0.99), foreach=False
+    )
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         for a, b in zip(net.parameters(), twin.parameters()):
@@ -133,7 +135,9 @@ def test_full_model_clipping_scales_to_max_norm():
     a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])  # total norm 5
     norm = clip_gradients(cfg, [a, b])
     assert float(norm) == pytest.approx(5.0)
-    assert float(a.grad) == pytest.approx(0.6, rel=1e-5) and float(b.grad) == pytest.approx(0.8, rel=1e-5)
+    assert float(a.grad) == pytest.approx(0.6, rel=1e-5) and float(b.grad) == pytest.approx(
+        0.8, rel=1e-5
+    )
 
 
 def test_value_clipping_and_disabled():
@@ -150,7 +154,9 @@ def test_value_clipping_and_disabled():
     assert p.grad.tolist() == [-2.0, 0.25, 3.0]
 
 
-@pytest.mark.parametrize("config", ["configs/shapes/CondInst_R18.yaml", "configs/shapes/IDIP_R18.yaml"])
+@pytest.mark.parametrize(
+    "config", ["configs/shapes/CondInst_R18.yaml", "configs/shapes/IDIP_R18.yaml"]
+)
 def test_weight_decay_of_every_parameter_of_the_built_models(config):
     """Norm parameters are those owned by a normalisation layer, by module type: the FPN's
     Conv2dNorm (a convolution that holds a norm) gets WEIGHT_DECAY for its own weight."""

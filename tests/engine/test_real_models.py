@@ -33,15 +33,45 @@ def shapes_root(tmp_path_factory):
 def _opts(root, out, max_iter):
     json_train, images_train = shapes_paths(root, "train")
     json_val, images_val = shapes_paths(root, "val")
-    custom = [{"NAME": "mini_train", "JSON": json_train, "IMAGES": images_train},
-              {"NAME": "mini_val", "JSON": json_val, "IMAGES": images_val}]
+    custom = [
+        {"NAME": "mini_train", "JSON": json_train, "IMAGES": images_train},
+        {"NAME": "mini_val", "JSON": json_val, "IMAGES": images_val},
+    ]
     return [
-        "DATASETS.CUSTOM", repr(custom), "DATASETS.TRAIN", "('mini_train',)", "DATASETS.TEST", "('mini_val',)",
-        "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.STEPS", f"({max_iter + 10},)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
-        "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0", "SEED", "3", "LOG_PERIOD", "1",
-        "OUTPUT_DIR", str(out),
+        "DATASETS.CUSTOM",
+        repr(custom),
+        "DATASETS.TRAIN",
+        "('mini_train',)",
+        "DATASETS.TEST",
+        "('mini_val',)",
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.STEPS",
+        f"({max_iter + 10},)",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "96",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "3",
+        "LOG_PERIOD",
+        "1",
+        "OUTPUT_DIR",
+        str(out),
     ]
 
 
@@ -61,16 +91,40 @@ def test_train_resume_eval_demo(arch, shapes_root, tmp_path, capsys):
 
     capsys.readouterr()
     weights = str(out / "model_final.pth")
-    code = run_cli(eval_cli.main, ["--config-file", CONFIGS[arch], *_opts(shapes_root, tmp_path / "eval", 1),
-                                   "MODEL.WEIGHTS", weights])
+    code = run_cli(
+        eval_cli.main,
+        [
+            "--config-file",
+            CONFIGS[arch],
+            *_opts(shapes_root, tmp_path / "eval", 1),
+            "MODEL.WEIGHTS",
+            weights,
+        ],
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "bbox" in printed and "segm" in printed
 
     image = tmp_path / "img.png"
-    Image.fromarray(np.asarray(Image.open(os.path.join(shapes_paths(shapes_root, "val")[1], "000000.png")))).save(image)
-    code = run_cli(demo.main, ["--config-file", CONFIGS[arch], "--input", str(image), "--output",
-                               str(tmp_path / "vis.png"), "--confidence-threshold", "0.0",
-                               "--opts", *_opts(shapes_root, tmp_path / "demo", 1), "MODEL.WEIGHTS", weights])
+    Image.fromarray(
+        np.asarray(Image.open(os.path.join(shapes_paths(shapes_root, "val")[1], "000000.png")))
+    ).save(image)
+    code = run_cli(
+        demo.main,
+        [
+            "--config-file",
+            CONFIGS[arch],
+            "--input",
+            str(image),
+            "--output",
+            str(tmp_path / "vis.png"),
+            "--confidence-threshold",
+            "0.0",
+            "--opts",
+            *_opts(shapes_root, tmp_path / "demo", 1),
+            "MODEL.WEIGHTS",
+            weights,
+        ],
+    )
     assert code == 0
     assert Image.open(tmp_path / "vis.png").size == Image.open(image).size

@@ -32,13 +32,24 @@ def shapes_root(tmp_path_factory):
 def _cfg(root, out, max_iter, **extra):
     json_train, images_train = shapes_paths(root, "train")
     json_val, images_val = shapes_paths(root, "val")
-    custom = [{"NAME": "mini_train", "JSON": json_train, "IMAGES": images_train},
-              {"NAME": "mini_val", "JSON": json_val, "IMAGES": images_val}]
-    opts = tiny_cfg_opts(str(out), max_iter, **{
-        "DATASETS.ROOT": root, "DATASETS.TRAIN": ("mini_train",), "DATASETS.TEST": (),
-        "INPUT.MIN_SIZE_TRAIN": (48, 64), "INPUT.MAX_SIZE_TRAIN": 96,
-        "INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 96, **extra,
-    })
+    custom = [
+        {"NAME": "mini_train", "JSON": json_train, "IMAGES": images_train},
+        {"NAME": "mini_val", "JSON": json_val, "IMAGES": images_val},
+    ]
+    opts = tiny_cfg_opts(
+        str(out),
+        max_iter,
+        **{
+            "DATASETS.ROOT": root,
+            "DATASETS.TRAIN": ("mini_train",),
+            "DATASETS.TEST": (),
+            "INPUT.MIN_SIZE_TRAIN": (48, 64),
+            "INPUT.MAX_SIZE_TRAIN": 96,
+            "INPUT.MIN_SIZE_TEST": 64,
+            "INPUT.MAX_SIZE_TEST": 96,
+            **extra,
+        },
+    )
     return setup_cfg(None, opts + ["DATASETS.CUSTOM", repr(custom)])
 
 
@@ -67,9 +78,19 @@ def test_resume_with_real_loader_and_accumulation(shapes_root, tmp_path):
 def test_eval_cli_prints_ap_tables(shapes_root, tmp_path, capsys):
     out = tmp_path / "run"
     Trainer(_cfg(shapes_root, out, 2)).train()
-    code = run_cli(eval_cli.main, ["--config-file", str(out / "config.yaml"), "MODEL.WEIGHTS",
-                                   str(out / "model_final.pth"), "DATASETS.TEST", "('mini_val',)",
-                                   "OUTPUT_DIR", str(tmp_path / "eval")])
+    code = run_cli(
+        eval_cli.main,
+        [
+            "--config-file",
+            str(out / "config.yaml"),
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "DATASETS.TEST",
+            "('mini_val',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "mini_val:" in printed and "bbox" in printed and "segm" in printed and "AP50" in printed
@@ -124,23 +145,42 @@ class GroundTruthOracle(torch.nn.Module):
         results = []
         for sample in batch:
             anns = [a for a in self.coco.imgToAnns[sample["image_id"]] if not a.get("iscrowd", 0)]
-            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
-            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, sample["height"], sample["width"]))
-            results.append({
-                "boxes": boxes.float(),
-                "scores": torch.ones(len(anns)),
-                "labels": torch.tensor([self.category_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
-                "masks": torch.from_numpy(masks).bool(),
-            })
+            boxes = torch.tensor(
+                [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+            ).reshape(-1, 4)
+            masks = (
+                np.stack([self.coco.annToMask(a) for a in anns])
+                if anns
+                else np.zeros((0, sample["height"], sample["width"]))
+            )
+            results.append(
+                {
+                    "boxes": boxes.float(),
+                    "scores": torch.ones(len(anns)),
+                    "labels": torch.tensor(
+                        [self.category_to_label[a["category_id"]] for a in anns], dtype=torch.int64
+                    ),
+                    "masks": torch.from_numpy(masks).bool(),
+                }
+            )
         return results
 
 
 def test_eval_cli_scores_ground_truth_predictions_100(shapes_root, tmp_path, capsys):
-    cfg = _cfg(shapes_root, tmp_path, 1, **{"MODEL.META_ARCHITECTURE": "GroundTruthOracle", "DATASETS.TEST": ("mini_val",)})
+    cfg = _cfg(
+        shapes_root,
+        tmp_path,
+        1,
+        **{"MODEL.META_ARCHITECTURE": "GroundTruthOracle", "DATASETS.TEST": ("mini_val",)},
+    )
     with open(tmp_path / "oracle.yaml", "w") as f:
         f.write(cfg.dump())
-    weights = Checkpointer(GroundTruthOracle(cfg), str(tmp_path), "GroundTruthOracle").save("model_final", 0)
-    code = run_cli(eval_cli.main, ["--config-file", str(tmp_path / "oracle.yaml"), "MODEL.WEIGHTS", weights])
+    weights = Checkpointer(GroundTruthOracle(cfg), str(tmp_path), "GroundTruthOracle").save(
+        "model_final", 0
+    )
+    code = run_cli(
+        eval_cli.main, ["--config-file", str(tmp_path / "oracle.yaml"), "MODEL.WEIGHTS", weights]
+    )
     assert code == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mini_val"]
     assert results["bbox"]["AP"] == pytest.approx(100.0)

@@ -34,8 +34,15 @@ def test_run_writes_outputs(tmp_path):
     trainer = TinyTrainer(_cfg(tmp_path, max_iter=5, LOG_PERIOD=2))
     trainer.train()
     files = sorted(os.listdir(tmp_path))
-    for name in ("config.yaml", "last_checkpoint", "log.txt", "metrics.json",
-                 "model_0000001.pth", "model_0000003.pth", "model_final.pth"):
+    for name in (
+        "config.yaml",
+        "last_checkpoint",
+        "log.txt",
+        "metrics.json",
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+    ):
         assert name in files
     assert any(f.startswith("events.out.tfevents") for f in files)
     records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
@@ -45,7 +52,9 @@ def test_run_writes_outputs(tmp_path):
     assert records[0]["lr"] == pytest.approx(0.01 * (0.01 * 0.5 + 0.5))
     log = open(tmp_path / "log.txt").read()
     assert "eta: " in log and "iter: 3" in log and "total_loss: " in log and "lr: " in log
-    assert re.search(r"overall training speed: 5 iterations in \d+:\d\d:\d\d \([0-9.]+ s / it\)", log)
+    assert re.search(
+        r"overall training speed: 5 iterations in \d+:\d\d:\d\d \([0-9.]+ s / it\)", log
+    )
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
     assert read_checkpoint(str(tmp_path / "model_final.pth"))["iteration"] == 4
     assert "TinyTestModel" in open(tmp_path / "config.yaml").read()
@@ -99,7 +108,9 @@ def test_non_finite_loss_names_term_and_iteration(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_runs_and_scaler_only_for_float16(tmp_path, dtype):
-    trainer = TinyTrainer(_cfg(tmp_path, max_iter=2, **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.DTYPE": dtype}))
+    trainer = TinyTrainer(
+        _cfg(tmp_path, max_iter=2, **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.DTYPE": dtype})
+    )
     before = _params(trainer)
     trainer.train()
     assert trainer.grad_scaler.is_enabled() == (dtype == "float16")
@@ -107,11 +118,18 @@ def test_amp_runs_and_scaler_only_for_float16(tmp_path, dtype):
     assert all(torch.isfinite(v).all() for v in _params(trainer).values())
 
 
-@pytest.mark.parametrize("machine, capability, warns", [
-    ("x86_64", "AVX2", True), ("x86_64", "DEFAULT", True), ("x86_64", "AVX512", False),
-    ("aarch64", "SVE256", False),
-])
-def test_amp_on_a_cpu_without_fast_half_kernels_warns(tmp_path, monkeypatch, machine, capability, warns):
+@pytest.mark.parametrize(
+    "machine, capability, warns",
+    [
+        ("x86_64", "AVX2", True),
+        ("x86_64", "DEFAULT", True),
+        ("x86_64", "AVX512", False),
+        ("aarch64", "SVE256", False),
+    ],
+)
+def test_amp_on_a_cpu_without_fast_half_kernels_warns(
+    tmp_path, monkeypatch, machine, capability, warns
+):
     import idip.engine.runtime as runtime
 
     monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
@@ -131,28 +149,40 @@ def test_amp_on_a_cpu_without_fast_half_kernels_warns(tmp_path, monkeypatch, mac
 def test_model_weights_loads_full_checkpoint(tmp_path):
     src = TinyTrainer(_cfg(tmp_path / "a", max_iter=2))
     src.train()
-    dst = TinyTrainer(_cfg(tmp_path / "b", max_iter=2, **{"MODEL.WEIGHTS": str(tmp_path / "a" / "model_final.pth")}))
+    dst = TinyTrainer(
+        _cfg(
+            tmp_path / "b", max_iter=2, **{"MODEL.WEIGHTS": str(tmp_path / "a" / "model_final.pth")}
+        )
+    )
     assert dst.start_iter == 0
     for key, value in _params(src).items():
         assert torch.equal(_params(dst)[key], value)
 
 
 def test_config_errors_exit_2_with_one_line(tmp_path, capsys):
-    code = train.cli(["SOLVER.BASE_LRR", "0.1", "OUTPUT_DIR", str(tmp_path)], trainer_cls=TinyTrainer)
+    code = train.cli(
+        ["SOLVER.BASE_LRR", "0.1", "OUTPUT_DIR", str(tmp_path)], trainer_cls=TinyTrainer
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: unknown config key 'SOLVER.BASE_LRR'")
 
-    code = train.cli(tiny_cfg_opts(str(tmp_path), 2, **{"SOLVER.IMS_PER_BATCH": 3, "SOLVER.GRAD_ACCUM_STEPS": 2}),
-                     trainer_cls=TinyTrainer)
+    code = train.cli(
+        tiny_cfg_opts(
+            str(tmp_path), 2, **{"SOLVER.IMS_PER_BATCH": 3, "SOLVER.GRAD_ACCUM_STEPS": 2}
+        ),
+        trainer_cls=TinyTrainer,
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [
         "error: config key 'SOLVER.IMS_PER_BATCH' is 3, which does not split evenly over 1 process(es) "
         "x 2 accumulation step(s) (SOLVER.GRAD_ACCUM_STEPS)"
     ]
 
-    code = train.cli(tiny_cfg_opts(str(tmp_path / "w"), 2, **{"MODEL.WEIGHTS": str(tmp_path / "none.pth")}),
-                     trainer_cls=TinyTrainer)
+    code = train.cli(
+        tiny_cfg_opts(str(tmp_path / "w"), 2, **{"MODEL.WEIGHTS": str(tmp_path / "none.pth")}),
+        trainer_cls=TinyTrainer,
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.pth" in err[0]
 
@@ -168,7 +198,9 @@ class RecordingEvalTrainer(TinyTrainer):
 
 
 def test_periodic_and_final_evaluation_written_to_metrics(tmp_path):
-    trainer = RecordingEvalTrainer(_cfg(tmp_path, max_iter=5, **{"TEST.EVAL_PERIOD": 2, "LOG_PERIOD": 5}))
+    trainer = RecordingEvalTrainer(
+        _cfg(tmp_path, max_iter=5, **{"TEST.EVAL_PERIOD": 2, "LOG_PERIOD": 5})
+    )
     trainer.train()
     assert len(trainer.eval_calls) == 3  # after iterations 1 and 3, and at the end (4)
     records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
@@ -181,9 +213,19 @@ def test_periodic_and_final_evaluation_written_to_metrics(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_amp_run(tmp_path, dtype):
-    trainer = TinyTrainer(_cfg(tmp_path, max_iter=3, **{"MODEL.DEVICE": "cuda", "SOLVER.AMP.ENABLED": True,
-                                                         "SOLVER.AMP.DTYPE": dtype, "DETERMINISTIC": False,
-                                                         "CUDNN_BENCHMARK": True}))
+    trainer = TinyTrainer(
+        _cfg(
+            tmp_path,
+            max_iter=3,
+            **{
+                "MODEL.DEVICE": "cuda",
+                "SOLVER.AMP.ENABLED": True,
+                "SOLVER.AMP.DTYPE": dtype,
+                "DETERMINISTIC": False,
+                "CUDNN_BENCHMARK": True,
+            },
+        )
+    )
     trainer.train()
     assert next(trainer.model.parameters()).is_cuda
     assert "max_mem: " in open(tmp_path / "log.txt").read()

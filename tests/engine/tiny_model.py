@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from idip.data.build import grad_accum_steps, train_batch_size_per_rank
-from idip.utils.distributed import get_rank, get_world_size
 from idip.engine.trainer import Trainer
 from idip.modeling.build import register_meta_arch
+from idip.utils.distributed import get_rank, get_world_size
 
 NUM_CLASSES = 4  # as many as the shapes dataset has
-CLASS_COLORS = torch.tensor([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]], dtype=torch.uint8)
+CLASS_COLORS = torch.tensor(
+    [[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]], dtype=torch.uint8
+)
 
 
 @register_meta_arch("TinyTestModel")
@@ -51,7 +53,9 @@ class TinyTestModel(nn.Module):
             self.calls += 1
             device = out.device
             target_cls = torch.stack([s["instances"]["classes"][0] for s in batch]).to(device)
-            sizes = torch.tensor([[s["image"].shape[2], s["image"].shape[1]] * 2 for s in batch], device=device)
+            sizes = torch.tensor(
+                [[s["image"].shape[2], s["image"].shape[1]] * 2 for s in batch], device=device
+            )
             target_box = torch.stack([s["instances"]["boxes"][0] for s in batch]).to(device) / sizes
             loss_box = F.l1_loss(box, target_box)
             if self.calls == self.nan_at_call:
@@ -62,13 +66,23 @@ class TinyTestModel(nn.Module):
             H, W = sample["height"], sample["width"]
             scale = torch.tensor([W, H, W, H], dtype=bx.dtype, device=bx.device)
             xyxy = bx.view(1, 4) * scale
-            xyxy = torch.cat([torch.minimum(xyxy[:, :2], xyxy[:, 2:]), torch.maximum(xyxy[:, :2], xyxy[:, 2:])], 1)
+            xyxy = torch.cat(
+                [torch.minimum(xyxy[:, :2], xyxy[:, 2:]), torch.maximum(xyxy[:, :2], xyxy[:, 2:])],
+                1,
+            )
             score, label = lg.softmax(0).max(0)
             ys = torch.arange(H, device=bx.device).view(H, 1)
             xs = torch.arange(W, device=bx.device).view(1, W)
             x0, y0, x1, y1 = xyxy[0]
             mask = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-            results.append({"boxes": xyxy, "scores": score.view(1), "labels": label.view(1), "masks": mask[None]})
+            results.append(
+                {
+                    "boxes": xyxy,
+                    "scores": score.view(1),
+                    "labels": label.view(1),
+                    "masks": mask[None],
+                }
+            )
         return results
 
 

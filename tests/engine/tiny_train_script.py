@@ -53,9 +53,15 @@ class ScriptTrainer(TinyTrainer):
     def train(self):
         results = super().train()
         flat = torch.cat([p.detach().flatten() for p in unwrap_model(self.model).parameters()])
-        gathered = all_gather({"rank": get_rank(), "steps": ScriptTrainer.steps_taken,
-                               "start_iter": self.start_iter, "seed": self.cfg.SEED,
-                               "params": flat.tolist()})
+        gathered = all_gather(
+            {
+                "rank": get_rank(),
+                "steps": ScriptTrainer.steps_taken,
+                "start_iter": self.start_iter,
+                "seed": self.cfg.SEED,
+                "params": flat.tolist(),
+            }
+        )
         report = os.environ.get("TINY_REPORT")
         if report and is_main_process():
             with open(report, "w") as f:

@@ -12,8 +12,7 @@ import torch
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from idip.evaluation import COCOEvaluator, inference_on_dataset
-from idip.evaluation import coco_evaluation
+from idip.evaluation import COCOEvaluator, coco_evaluation, inference_on_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
 
@@ -44,8 +43,12 @@ def _ann(ann_id, image_id, category_id, segmentation, iscrowd=0):
     else:
         rle = segmentation
     return {
-        "id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": iscrowd,
-        "segmentation": segmentation, "area": float(mask_util.area(rle)),
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "iscrowd": iscrowd,
+        "segmentation": segmentation,
+        "area": float(mask_util.area(rle)),
         "bbox": [float(v) for v in mask_util.toBbox(rle)],
     }
 
@@ -69,10 +72,15 @@ def coco_json(tmp_path_factory):
         _ann(6, 33, 3, [[2, 2, 62, 2, 62, 40, 2, 40]]),  # medium rectangle
     ]
     data = {
-        "images": [{"id": i, "height": h, "width": w, "file_name": f"{i}.png"}
-                   for i, (h, w) in IMAGES.items()],
-        "categories": [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"},
-                       {"id": 11, "name": "triangle"}],
+        "images": [
+            {"id": i, "height": h, "width": w, "file_name": f"{i}.png"}
+            for i, (h, w) in IMAGES.items()
+        ],
+        "categories": [
+            {"id": 3, "name": "circle"},
+            {"id": 7, "name": "square"},
+            {"id": 11, "name": "triangle"},
+        ],
         "annotations": annotations,
     }
     path = tmp_path_factory.mktemp("coco") / "tiny.json"
@@ -89,21 +97,30 @@ def ground_truth_predictions(json_file, image_ids=None):
     for image_id in image_ids or sorted(IMAGES):
         h, w = IMAGES[image_id]
         anns = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"]]
-        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                  a["bbox"][1] + a["bbox"][3]] for a in anns]
+        boxes = [
+            [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+            for a in anns
+        ]
         inputs.append({"image_id": image_id, "height": h, "width": w})
-        outputs.append({
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.ones(len(anns)),
-            "labels": torch.tensor([CATEGORY_IDS.index(a["category_id"]) for a in anns]),
-            "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(bool)),
-        })
+        outputs.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.ones(len(anns)),
+                "labels": torch.tensor([CATEGORY_IDS.index(a["category_id"]) for a in anns]),
+                "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]).astype(bool)),
+            }
+        )
     return inputs, outputs
 
 
 def make_evaluator(json_file, **kwargs):
-    return COCOEvaluator("tiny", json_file=json_file, contiguous_to_category_id=CATEGORY_IDS,
-                         distributed=False, **kwargs)
+    return COCOEvaluator(
+        "tiny",
+        json_file=json_file,
+        contiguous_to_category_id=CATEGORY_IDS,
+        distributed=False,
+        **kwargs,
+    )
 
 
 def test_ground_truth_as_predictions_gives_ap_100(coco_json, tmp_path):
@@ -136,16 +153,21 @@ def test_results_json_has_original_ids_xywh_and_str_rle(coco_json, tmp_path):
     assert rect["image_id"] == 22 and rect["score"] == 1.0
     for r, labels in zip(sorted(results, key=lambda r: r["category_id"]), [0, 1]):
         assert isinstance(r["segmentation"]["counts"], str)
-        decoded = mask_util.decode({"size": r["segmentation"]["size"],
-                                    "counts": r["segmentation"]["counts"].encode("ascii")})
+        decoded = mask_util.decode(
+            {
+                "size": r["segmentation"]["size"],
+                "counts": r["segmentation"]["counts"].encode("ascii"),
+            }
+        )
         index = outputs[0]["labels"].tolist().index(labels)
         assert np.array_equal(decoded.astype(bool), outputs[0]["masks"][index].numpy())
 
 
 def test_wrong_category_mapping_scores_zero(coco_json):
     inputs, outputs = ground_truth_predictions(coco_json)
-    evaluator = COCOEvaluator(None, json_file=coco_json, contiguous_to_category_id=[7, 11, 3],
-                              distributed=False)
+    evaluator = COCOEvaluator(
+        None, json_file=coco_json, contiguous_to_category_id=[7, 11, 3], distributed=False
+    )
     evaluator.process(inputs, outputs)
     metrics = evaluator.evaluate()
     assert metrics["bbox"]["AP"] == 0.0 and metrics["segm"]["AP"] == 0.0
@@ -162,9 +184,15 @@ def test_mapping_defaults_to_sorted_json_category_ids(coco_json):
 def test_no_predictions_gives_zero_with_warning(coco_json, caplog, tmp_path):
     evaluator = make_evaluator(coco_json, output_dir=str(tmp_path))
     inputs = [{"image_id": i, "height": h, "width": w} for i, (h, w) in IMAGES.items()]
-    outputs = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                "labels": torch.zeros(0, dtype=torch.int64),
-                "masks": torch.zeros(0, h, w, dtype=torch.bool)} for h, w in IMAGES.values()]
+    outputs = [
+        {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, h, w, dtype=torch.bool),
+        }
+        for h, w in IMAGES.values()
+    ]
     evaluator.process(inputs, outputs)
     with caplog.at_level(logging.WARNING, logger="idip.evaluation.coco_evaluation"):
         metrics = evaluator.evaluate()
@@ -210,8 +238,12 @@ def test_bad_outputs_are_reported(coco_json):
 
 def test_does_not_need_the_dataset_registry_when_given_files(coco_json, monkeypatch):
     monkeypatch.setitem(sys.modules, "idip.data.datasets", None)  # any import of it fails
-    evaluator = COCOEvaluator("not_registered", json_file=coco_json,
-                              contiguous_to_category_id=CATEGORY_IDS, distributed=False)
+    evaluator = COCOEvaluator(
+        "not_registered",
+        json_file=coco_json,
+        contiguous_to_category_id=CATEGORY_IDS,
+        distributed=False,
+    )
     inputs, outputs = ground_truth_predictions(coco_json)
     evaluator.process(inputs, outputs)
     assert evaluator.evaluate()["segm"]["AP"] == pytest.approx(100.0)
@@ -224,8 +256,9 @@ def test_distributed_gather_deduplicates_and_only_rank0_scores(coco_json, monkey
     rank0.process(inputs[:2], outputs[:2])
     # rank 1 got the last image plus a repeat of image 11 (padding of an uneven shard)
     rank1.process(inputs[2:] + inputs[:1], outputs[2:] + outputs[:1])
-    monkeypatch.setattr(coco_evaluation, "all_gather",
-                        lambda obj: [rank0._predictions, rank1._predictions])
+    monkeypatch.setattr(
+        coco_evaluation, "all_gather", lambda obj: [rank0._predictions, rank1._predictions]
+    )
     monkeypatch.setattr(coco_evaluation, "synchronize", lambda: None)
     monkeypatch.setattr(coco_evaluation, "is_main_process", lambda: True)
     metrics = rank0.evaluate()
@@ -248,8 +281,13 @@ def test_inference_on_dataset(coco_json):
         def forward(self, batch):
             assert not self.training and not torch.is_grad_enabled()
             self.calls += 1
-            return [{k: (v * self.weight if k == "scores" else v)
-                     for k, v in by_id[s["image_id"]].items()} for s in batch]
+            return [
+                {
+                    k: (v * self.weight if k == "scores" else v)
+                    for k, v in by_id[s["image_id"]].items()
+                }
+                for s in batch
+            ]
 
     model = LookupModel().train()
     loader = [inputs[:2], inputs[2:]]

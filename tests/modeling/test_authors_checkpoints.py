@@ -26,14 +26,21 @@ from idip.modeling.authors_checkpoints import (
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = Path(__file__).resolve().parent / "authors_keys"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
-MSRA = ["MODEL.PIXEL_MEAN", "[123.675,116.28,103.53]", "MODEL.PIXEL_STD", "[1.0,1.0,1.0]",
-        "MODEL.RESNETS.STRIDE_IN_1X1", "True"]
+MSRA = [
+    "MODEL.PIXEL_MEAN",
+    "[123.675,116.28,103.53]",
+    "MODEL.PIXEL_STD",
+    "[1.0,1.0,1.0]",
+    "MODEL.RESNETS.STRIDE_IN_1X1",
+    "True",
+]
 CASES = {
     "adelaidet_condinst_MS_R_50_1x": ("configs/CondInst_R50_1x.yaml", MSRA, ADELAIDET_CONDINST),
     "adelaidet_condinst_MS_R_101_3x": ("configs/CondInst_R101_3x.yaml", MSRA, ADELAIDET_CONDINST),
     "idip_authors_res50": ("configs/IDIP_R50.yaml", [], IDIP_AUTHORS),
     "idip_authors_res101": ("configs/IDIP_R101.yaml", [], IDIP_AUTHORS),
 }
+
 
 def authors_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors with the keys, shapes and dtypes of an authors' state dict; small weights
@@ -51,7 +58,9 @@ def authors_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
         elif key.endswith("running_var"):
             state[key] = torch.rand(shape, generator=gen, dtype=dtype) + 0.5
         elif key.endswith(("norm.weight", "running_mean")) or ".1.weight" in key:
-            state[key] = torch.randn(shape, generator=gen, dtype=dtype) * 0.1 + (key.endswith("weight"))
+            state[key] = torch.randn(shape, generator=gen, dtype=dtype) * 0.1 + (
+                key.endswith("weight")
+            )
         else:
             state[key] = torch.randn(shape, generator=gen, dtype=dtype) * 0.02
     return state
@@ -79,7 +88,9 @@ def test_every_key_maps_and_the_converted_model_runs(name):
     assert all(conversion.state[k].shape == own[k].shape for k in own)
     model.load_state_dict(conversion.state, strict=True)
     model.eval()
-    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1)) * 255).to(
+        torch.uint8
+    )
     with torch.no_grad():
         (out,) = model([{"image": image, "height": 96, "width": 128, "image_id": 0}])
     assert out["masks"].shape[1:] == (96, 128) and out["boxes"].shape[0] == out["scores"].shape[0]
@@ -94,7 +105,7 @@ def test_mask_head_conv_biases_fold_into_batch_norm_exactly():
     assert conversion.folded == [f"roi_head.mask_head.convs.{i}.0.bias" for i in range(4)]
     theirs = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256)).eval()
     prefix = "roi_head.mask_head.convs.2."
-    theirs.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    theirs.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     ours = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256)).eval()
     ours[0].weight.data.copy_(conversion.state["mask_head.convs.6.weight"])
     for field in ("weight", "bias", "running_mean", "running_var"):
@@ -110,8 +121,9 @@ def test_condinst_first_convolution_takes_rgb():
     w_bgr = state["backbone.bottom_up.stem.conv1.weight"]
     w_rgb = conversion.state["backbone.bottom_up.conv1.weight"]
     image_rgb = torch.randn(1, 3, 16, 16)
-    torch.testing.assert_close(nn.functional.conv2d(image_rgb, w_rgb),
-                               nn.functional.conv2d(image_rgb.flip(1), w_bgr))
+    torch.testing.assert_close(
+        nn.functional.conv2d(image_rgb, w_rgb), nn.functional.conv2d(image_rgb.flip(1), w_bgr)
+    )
 
 
 def _save(tmp_path, state, name="authors.pth", extra=None):
@@ -137,8 +149,11 @@ def test_model_weights_demands_the_settings_of_adelaidet_weights(tmp_path):
 def test_idip_weights_on_a_condinst_config_are_refused(tmp_path):
     path = _save(tmp_path, authors_state("idip_authors_res50"), extra={"iteration": 89999})
     cfg = model_cfg("configs/CondInst_R50_1x.yaml", MSRA)
-    with pytest.raises(ConfigError, match="IDIP authors checkpoint, weights of an IDIP model, but "
-                                          "MODEL.META_ARCHITECTURE is CondInst"):
+    with pytest.raises(
+        ConfigError,
+        match="IDIP authors checkpoint, weights of an IDIP model, but "
+        "MODEL.META_ARCHITECTURE is CondInst",
+    ):
         load_weights(nn.Module(), path, "CondInst", cfg=cfg)  # refused before any loading
 
 
@@ -147,7 +162,9 @@ def test_unknown_keys_are_named(tmp_path):
     state["roi_head.extra_head.weight"] = torch.zeros(3)
     path = _save(tmp_path, state)
     cfg = model_cfg("configs/IDIP_R50.yaml", [])
-    with pytest.raises(CheckpointError, match="no conversion rule knows: roi_head.extra_head.weight"):
+    with pytest.raises(
+        CheckpointError, match="no conversion rule knows: roi_head.extra_head.weight"
+    ):
         load_weights(nn.Module(), path, "IDIP", cfg=cfg)  # refused before any loading
 
 
@@ -155,8 +172,9 @@ def test_convert_weights_tool_writes_a_checkpoint_that_loads(tmp_path):
     src = _save(tmp_path, authors_state("adelaidet_condinst_MS_R_50_1x"))
     dst = str(tmp_path / "converted.pth")
     tool = [sys.executable, str(ROOT / "tools" / "convert_weights.py"), src, dst]
-    proc = subprocess.run(tool, capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(
+        tool, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
     assert proc.returncode == 0, proc.stderr
     assert "370 tensors mapped" in proc.stdout and "MODEL.RESNETS.STRIDE_IN_1X1 True" in proc.stdout
     cfg = model_cfg("configs/CondInst_R50_1x.yaml", MSRA)

@@ -30,7 +30,9 @@ def test_pairwise_iou_and_giou_match_torchvision():
     a, b = _random_boxes(13, 1), _random_boxes(7, 2)
     iou, _ = box_ops.pairwise_box_iou(a, b, eps=0)
     torch.testing.assert_close(iou, tv_ops.box_iou(a, b))
-    torch.testing.assert_close(box_ops.pairwise_generalized_box_iou(a, b, eps=0), tv_ops.generalized_box_iou(a, b))
+    torch.testing.assert_close(
+        box_ops.pairwise_generalized_box_iou(a, b, eps=0), tv_ops.generalized_box_iou(a, b)
+    )
 
 
 def test_elementwise_giou_is_diagonal_of_pairwise():

@@ -23,8 +23,15 @@ def _oracle(masks, boxes, h, w):
 def test_matches_grid_sample_oracle():
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(5, 28, 28, generator=g)
-    boxes = torch.tensor([[3.2, 4.1, 30.5, 22.7], [-5.0, -3.0, 10.0, 12.0], [20.0, 1.0, 47.0, 39.5],
-                          [0.0, 0.0, 48.0, 40.0], [10.0, 10.0, 10.5, 11.0]])
+    boxes = torch.tensor(
+        [
+            [3.2, 4.1, 30.5, 22.7],
+            [-5.0, -3.0, 10.0, 12.0],
+            [20.0, 1.0, 47.0, 39.5],
+            [0.0, 0.0, 48.0, 40.0],
+            [10.0, 10.0, 10.5, 11.0],
+        ]
+    )
     soft = paste_masks_in_image(masks, boxes, 40, 48, threshold=-1)
     torch.testing.assert_close(soft.double(), _oracle(masks, boxes, 40, 48), atol=1e-5, rtol=1e-5)
     hard = paste_masks_in_image(masks, boxes, 40, 48)

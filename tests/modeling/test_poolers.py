@@ -30,8 +30,15 @@ def test_op_library_switches_between_kernels_and_reference():
     ref = op_library(True)
     assert ref.__name__ == "idip.ops.reference"
     assert op_library(False) is idip.ops
-    for name in ("roi_align", "multilevel_roi_align", "batched_nms", "aligned_upsample",
-                 "dynamic_mask_head", "box_q_sample", "box_ddim_step"):
+    for name in (
+        "roi_align",
+        "multilevel_roi_align",
+        "batched_nms",
+        "aligned_upsample",
+        "dynamic_mask_head",
+        "box_q_sample",
+        "box_ddim_step",
+    ):
         assert callable(getattr(ref, name)) and callable(getattr(idip.ops, name)), name
 
 

@@ -8,7 +8,10 @@ from idip.modeling.segmented_batch_norm import SegmentedBatchNorm2d
 
 
 def _pair(c, momentum=0.1):
-    ours, ref = SegmentedBatchNorm2d(c, momentum=momentum).double(), nn.BatchNorm2d(c, momentum=momentum).double()
+    ours, ref = (
+        SegmentedBatchNorm2d(c, momentum=momentum).double(),
+        nn.BatchNorm2d(c, momentum=momentum).double(),
+    )
     with torch.no_grad():
         for bn in (ours, ref):
             bn.weight.copy_(torch.linspace(0.5, 1.5, c))
@@ -18,11 +21,14 @@ def _pair(c, momentum=0.1):
     return ours, ref
 
 
-@pytest.mark.parametrize("segments, num_segments", [
-    ([0, 0, 1, 1, 1], 2),
-    ([2, 0, 2, 0, 0, 2], 4),  # unsorted rows; segments 1 and 3 empty
-    ([1], 3),
-])
+@pytest.mark.parametrize(
+    "segments, num_segments",
+    [
+        ([0, 0, 1, 1, 1], 2),
+        ([2, 0, 2, 0, 0, 2], 4),  # unsorted rows; segments 1 and 3 empty
+        ([1], 3),
+    ],
+)
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
 def test_matches_a_batch_norm_call_per_segment(segments, num_segments, momentum):
     gen = torch.Generator().manual_seed(len(segments))

@@ -66,7 +66,9 @@ def test_matches_reference_every_step(device, dtype, B, N):
                     x_ref, boxes_ref = _call(ref.box_ddim_step, *args, alpha, alpha_next, eta)
                     torch.testing.assert_close(x_next, x_ref, **tol)
                     # Boxes are scaled by image sizes up to 1400 pixels.
-                    torch.testing.assert_close(boxes, boxes_ref, rtol=tol["rtol"], atol=tol["atol"] * 1400)
+                    torch.testing.assert_close(
+                        boxes, boxes_ref, rtol=tol["rtol"], atol=tol["atol"] * 1400
+                    )
 
 
 def test_hand_computed_update_and_renewal_order():
@@ -93,7 +95,8 @@ def test_hand_computed_update_and_renewal_order():
     # to_abs of renew row 0, (-0.01, -0.02, -0.03, -0.04): cx = 0.495, cy = 0.49, w = 0.485,
     # h = 0.48 -> xyxy (0.2525, 0.25, 0.7375, 0.73) of the image.
     torch.testing.assert_close(
-        boxes[0, 3], torch.tensor([0.2525 * 640, 0.25 * 480, 0.7375 * 640, 0.73 * 480], dtype=torch.float64)
+        boxes[0, 3],
+        torch.tensor([0.2525 * 640, 0.25 * 480, 0.7375 * 640, 0.73 * 480], dtype=torch.float64),
     )
 
 
@@ -113,11 +116,28 @@ def test_extreme_times_and_degenerate_boxes(device):
     ac = SCHEDULE.alphas_cumprod_host
     size = torch.tensor([[640.0, 480.0, 640.0, 480.0]], device=device).repeat(2, 1)
     # zero-size, far outside, inverted, covering the image and beyond
-    pred = torch.tensor([[[100.0, 100.0, 100.0, 100.0], [-900.0, -900.0, -800.0, -700.0],
-                          [600.0, 400.0, 50.0, 30.0], [-10.0, -10.0, 2000.0, 2000.0]]],
-                        device=device).repeat(2, 1, 1)
-    x_t = torch.tensor([[[0.0, 0.0, -1.0, -1.0], [5.0, -5.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0],
-                         [-3.0, 0.0, 0.0, 9.0]]], device=device).repeat(2, 1, 1)
+    pred = torch.tensor(
+        [
+            [
+                [100.0, 100.0, 100.0, 100.0],
+                [-900.0, -900.0, -800.0, -700.0],
+                [600.0, 400.0, 50.0, 30.0],
+                [-10.0, -10.0, 2000.0, 2000.0],
+            ]
+        ],
+        device=device,
+    ).repeat(2, 1, 1)
+    x_t = torch.tensor(
+        [
+            [
+                [0.0, 0.0, -1.0, -1.0],
+                [5.0, -5.0, 3.0, 3.0],
+                [1.0, 1.0, 1.0, 1.0],
+                [-3.0, 0.0, 0.0, 9.0],
+            ]
+        ],
+        device=device,
+    ).repeat(2, 1, 1)
     keep = torch.tensor([[True, False, True, True], [False, True, True, False]], device=device)
     noise = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(0)).to(device)
     renew = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(1)).to(device) * 5
@@ -125,7 +145,9 @@ def test_extreme_times_and_degenerate_boxes(device):
     for alpha, alpha_next in [(ac[999], ac[998]), (ac[999], ac[665]), (ac[0], 1.0), (ac[1], ac[0])]:
         for eta in (0.0, 1.0):
             out = box_ddim_step(x_t, pred, size, alpha, alpha_next, eta, keep, noise, renew)
-            expected = ref.box_ddim_step(x_t, pred, size, alpha, alpha_next, eta, keep, noise, renew)
+            expected = ref.box_ddim_step(
+                x_t, pred, size, alpha, alpha_next, eta, keep, noise, renew
+            )
             torch.testing.assert_close(out[0], expected[0], rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(out[1], expected[1], rtol=1e-5, atol=1e-2)
             boxes = out[1]
@@ -139,7 +161,9 @@ def test_empty_shapes(device):
     for B, N in [(0, 10), (3, 0)]:
         z = torch.zeros(B, N, 4, device=device)
         keep = torch.zeros(B, N, dtype=torch.bool, device=device)
-        x_next, boxes = box_ddim_step(z, z, torch.ones(B, 4, device=device), 0.3, 0.6, 1.0, keep, z, z)
+        x_next, boxes = box_ddim_step(
+            z, z, torch.ones(B, 4, device=device), 0.3, 0.6, 1.0, keep, z, z
+        )
         assert x_next.shape == (B, N, 4) and boxes.shape == (B, N, 4)
 
 
@@ -148,6 +172,7 @@ def test_non_contiguous_inputs(device):
     gen = torch.Generator().manual_seed(11)
     args = _inputs(3, 50, torch.float32, device, gen, "random")
     x_t, pred, size, keep, noise, renew = args
+
     def strided(v):
         return v.transpose(0, 1).contiguous().transpose(0, 1)
 
@@ -192,8 +217,17 @@ def test_rejects_bad_arguments():
     size = torch.ones(2, 4)
 
     def call(**kw):
-        a = dict(x_t=z, pred_boxes=z, image_size=size, alpha=0.3, alpha_next=0.6, eta=1.0,
-                 keep=keep, noise=z, renew=z)
+        a = dict(
+            x_t=z,
+            pred_boxes=z,
+            image_size=size,
+            alpha=0.3,
+            alpha_next=0.6,
+            eta=1.0,
+            keep=keep,
+            noise=z,
+            renew=z,
+        )
         a.update(kw)
         return box_ddim_step(**a)
 
@@ -227,5 +261,7 @@ def test_rejects_bad_arguments():
 def test_opcheck(device):
     gen = torch.Generator().manual_seed(0)
     x_t, pred, size, keep, noise, renew = _inputs(3, 9, torch.float32, device, gen, "random")
-    torch.library.opcheck(op_library(device).box_ddim_step.default,
-                          (x_t, pred, size, 0.2, 0.5, 1.0, keep, noise, renew))
+    torch.library.opcheck(
+        op_library(device).box_ddim_step.default,
+        (x_t, pred, size, 0.2, 0.5, 1.0, keep, noise, renew),
+    )

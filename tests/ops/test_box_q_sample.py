@@ -38,8 +38,9 @@ def test_extreme_times_and_degenerate_boxes(device):
     T = 1000
     ac = torch.linspace(0.9999, 1e-4, T, dtype=torch.float64, device=device)
     # A zero-size box, a box far outside the image, and a box already at the border.
-    x_start = torch.tensor([[[0.0, 0.0, -1.0, -1.0], [5.0, -5.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0]]],
-                           device=device).repeat(2, 1, 1)
+    x_start = torch.tensor(
+        [[[0.0, 0.0, -1.0, -1.0], [5.0, -5.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0]]], device=device
+    ).repeat(2, 1, 1)
     noise = torch.zeros_like(x_start)
     t = torch.tensor([0, T - 1], device=device)
     size = torch.tensor([[640.0, 480.0, 640.0, 480.0]], device=device).repeat(2, 1)
@@ -50,8 +51,9 @@ def test_extreme_times_and_degenerate_boxes(device):
     assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
     assert (boxes >= 0).all() and (boxes <= size[:, None]).all()
     # The zero-size box keeps the minimum width of 1e-4 of the image (centred at 0.5).
-    torch.testing.assert_close(boxes[0, 0], torch.tensor([319.968, 239.976, 320.032, 240.024],
-                                                         device=device))
+    torch.testing.assert_close(
+        boxes[0, 0], torch.tensor([319.968, 239.976, 320.032, 240.024], device=device)
+    )
 
 
 @pytest.mark.parametrize("device", ["cpu", EMULATED_CUDA])
@@ -82,8 +84,9 @@ def test_opcheck(device):
 def test_empty_batch_and_non_contiguous_inputs(device):
     ac = torch.linspace(0.9999, 1e-4, 10, dtype=torch.float64, device=device)
     z = torch.zeros(0, 5, 4, device=device)
-    x_t, boxes = box_q_sample(z, z, torch.zeros(0, dtype=torch.int64, device=device), ac,
-                              torch.ones(0, 4, device=device))
+    x_t, boxes = box_q_sample(
+        z, z, torch.zeros(0, dtype=torch.int64, device=device), ac, torch.ones(0, 4, device=device)
+    )
     assert x_t.shape == (0, 5, 4) and boxes.shape == (0, 5, 4)
 
     gen = torch.Generator().manual_seed(21)

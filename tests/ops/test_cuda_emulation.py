@@ -56,8 +56,11 @@ def test_dynamic_shared_memory_starts_poisoned():
 
 
 def test_deadlock_is_reported():
-    with pytest.raises(RuntimeError, match="deadlock_kernel deadlocked in block \\(0, 0, 0\\): of "
-                                           "32 threads, 16 wait at __syncthreads, 16 at a warp"):
+    with pytest.raises(
+        RuntimeError,
+        match="deadlock_kernel deadlocked in block \\(0, 0, 0\\): of "
+        "32 threads, 16 wait at __syncthreads, 16 at a warp",
+    ):
         selftest("deadlock", torch.zeros(1))
 
 
@@ -69,8 +72,11 @@ def test_divergent_syncthreads_is_reported():
 def test_kernel_assert_names_block_and_thread():
     x = torch.ones(600)
     x[300] = -1.0  # block 1, thread 44
-    with pytest.raises(RuntimeError, match=r"assertion `in\[i\] >= 0.f` failed in assert_kernel, "
-                                           r"block \(1, 0, 0\), thread \(44, 0, 0\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"assertion `in\[i\] >= 0.f` failed in assert_kernel, "
+        r"block \(1, 0, 0\), thread \(44, 0, 0\)",
+    ):
         selftest("assert", x)
 
 

@@ -43,13 +43,27 @@ def _all_ops(seed, device="cuda"):
     boxes, scores = make_boxes(500, torch.float32, device, seed=2)
     keep = nms(boxes, scores, 0.5)
     keep_b = batched_nms(boxes, scores, (scores * 7).long(), 0.5)
-    q = box_q_sample(*q_sample_inputs(4, 300, torch.float32, device, torch.Generator().manual_seed(3)))
-    x_t, pred, size, keep_rows, noise, renew = ddim_inputs(4, 300, torch.float32, device,
-                                                           torch.Generator().manual_seed(4),
-                                                           "random")
+    q = box_q_sample(
+        *q_sample_inputs(4, 300, torch.float32, device, torch.Generator().manual_seed(3))
+    )
+    x_t, pred, size, keep_rows, noise, renew = ddim_inputs(
+        4, 300, torch.float32, device, torch.Generator().manual_seed(4), "random"
+    )
     d = box_ddim_step(x_t, pred, size, 0.2, 0.5, 1.0, keep_rows, noise, renew)
-    return [pooled, *[f.grad for f in feats], single, up, x.grad, logits, mf.grad, params.grad,
-            keep, keep_b, *q, *d]
+    return [
+        pooled,
+        *[f.grad for f in feats],
+        single,
+        up,
+        x.grad,
+        logits,
+        mf.grad,
+        params.grad,
+        keep,
+        keep_b,
+        *q,
+        *d,
+    ]
 
 
 def test_ops_run_on_the_current_stream():

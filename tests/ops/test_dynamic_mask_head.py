@@ -16,20 +16,25 @@ from ..conftest import CUDA_DEVICES, EMULATED_CUDA, OP_DEVICES, op_library
 STRIDE = 8
 
 
-def _inputs(B, N, H, W, dtype, device, gen, feat_channels=8, channels=8, num_layers=3, rel_coords=True):
+def _inputs(
+    B, N, H, W, dtype, device, gen, feat_channels=8, channels=8, num_layers=3, rel_coords=True
+):
     P = dynamic_mask_head_num_params(feat_channels, channels, num_layers, rel_coords)
     mask_feats = torch.randn(B, feat_channels, H, W, generator=gen, dtype=torch.float64)
     params = torch.randn(N, P, generator=gen, dtype=torch.float64) * 0.5
     im_inds = torch.randint(0, B, (N,), generator=gen)
     locations = torch.rand(N, 2, generator=gen, dtype=torch.float64) * torch.tensor(
-        [W * STRIDE, H * STRIDE], dtype=torch.float64)
+        [W * STRIDE, H * STRIDE], dtype=torch.float64
+    )
     soi = torch.tensor([16.0, 32.0, 64.0, 128.0], dtype=torch.float64)[
-        torch.randint(0, 4, (N,), generator=gen)]
+        torch.randint(0, 4, (N,), generator=gen)
+    ]
     tensors = [t.to(device) for t in (mask_feats, params, im_inds, locations, soi)]
     for i in (0, 1, 3, 4):
         tensors[i] = tensors[i].to(dtype)
-    return tensors, dict(mask_stride=STRIDE, channels=channels, num_layers=num_layers,
-                         rel_coords=rel_coords)
+    return tensors, dict(
+        mask_stride=STRIDE, channels=channels, num_layers=num_layers, rel_coords=rel_coords
+    )
 
 
 def _run(fn, tensors, kwargs, grad_out):
@@ -67,11 +72,23 @@ def test_matches_reference(device, dtype, rel_coords, B, N, H, W):
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)
-@pytest.mark.parametrize("feat_channels,channels,num_layers", [(3, 4, 2), (8, 8, 1), (5, 16, 4), (8, 32, 3)])
+@pytest.mark.parametrize(
+    "feat_channels,channels,num_layers", [(3, 4, 2), (8, 8, 1), (5, 16, 4), (8, 32, 3)]
+)
 def test_other_widths_and_depths(device, feat_channels, channels, num_layers):
     gen = torch.Generator().manual_seed(feat_channels * 100 + channels * 10 + num_layers)
-    tensors, kwargs = _inputs(2, 13, 7, 9, torch.float64, device, gen, feat_channels=feat_channels,
-                              channels=channels, num_layers=num_layers)
+    tensors, kwargs = _inputs(
+        2,
+        13,
+        7,
+        9,
+        torch.float64,
+        device,
+        gen,
+        feat_channels=feat_channels,
+        channels=channels,
+        num_layers=num_layers,
+    )
     _check_against_reference(tensors, kwargs, torch.float64, gen)
 
 
@@ -97,8 +114,10 @@ def test_backward_is_flagged_nondeterministic(device):
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        with pytest.raises(RuntimeError, match="dynamic_mask_head_backward .CUDA. does not have a "
-                                               "deterministic implementation"):
+        with pytest.raises(
+            RuntimeError,
+            match="dynamic_mask_head_backward .CUDA. does not have a deterministic implementation",
+        ):
             out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(before)
@@ -109,8 +128,9 @@ def test_parameters_beyond_48_kib_of_shared_memory(device):
     """256 mask channels and width 32: 9377 parameters, whose float64 backward stages 150 KB in
     shared memory, past the 48 KiB a block gets by default (the kernel opts in)."""
     gen = torch.Generator().manual_seed(8)
-    tensors, kwargs = _inputs(2, 3, 4, 5, torch.float64, device, gen, feat_channels=256,
-                              channels=32)
+    tensors, kwargs = _inputs(
+        2, 3, 4, 5, torch.float64, device, gen, feat_channels=256, channels=32
+    )
     assert tensors[1].shape[1] == 9377
     _check_against_reference(tensors, kwargs, torch.float64, gen)
 
@@ -120,12 +140,16 @@ def test_too_many_parameters_for_shared_memory(device):
     """512 mask channels, width 32, float64: the backward would need 281 KB per block, more than
     an sm_90 block can have (227 KiB): a clear error naming the sizes, not a failed launch."""
     gen = torch.Generator().manual_seed(9)
-    tensors, kwargs = _inputs(1, 2, 3, 4, torch.float64, device, gen, feat_channels=512,
-                              channels=32)
+    tensors, kwargs = _inputs(
+        1, 2, 3, 4, torch.float64, device, gen, feat_channels=512, channels=32
+    )
     feats, params = (t.requires_grad_(True) for t in tensors[:2])
     out = dynamic_mask_head(feats, params, *tensors[2:], **kwargs)  # 140 KB: fits
-    with pytest.raises(RuntimeError, match=r"17569 parameters per instance \(512 mask channels, "
-                                           r"channels=32.*281104 bytes of shared memory"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"17569 parameters per instance \(512 mask channels, "
+        r"channels=32.*281104 bytes of shared memory",
+    ):
         out.sum().backward()
 
 
@@ -133,11 +157,24 @@ def test_too_many_parameters_for_shared_memory(device):
 @pytest.mark.parametrize("feat_channels,channels,num_layers", [(8, 8, 3), (3, 4, 2), (2, 3, 4)])
 def test_gradcheck(rel_coords, feat_channels, channels, num_layers):
     gen = torch.Generator().manual_seed(1)
-    tensors, kwargs = _inputs(2, 3, 3, 5, torch.float64, "cpu", gen, feat_channels=feat_channels,
-                              channels=channels, num_layers=num_layers, rel_coords=rel_coords)
+    tensors, kwargs = _inputs(
+        2,
+        3,
+        3,
+        5,
+        torch.float64,
+        "cpu",
+        gen,
+        feat_channels=feat_channels,
+        channels=channels,
+        num_layers=num_layers,
+        rel_coords=rel_coords,
+    )
     feats, params = (t.requires_grad_(True) for t in tensors[:2])
     rest = tensors[2:]
-    assert torch.autograd.gradcheck(lambda f, p: dynamic_mask_head(f, p, *rest, **kwargs), (feats, params))
+    assert torch.autograd.gradcheck(
+        lambda f, p: dynamic_mask_head(f, p, *rest, **kwargs), (feats, params)
+    )
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)
@@ -194,8 +231,17 @@ def test_hand_computed_pixel():
     # logit = w1 * relu(w0 * f + b0) + b1 = 3 * relu(2 * 1.5 - 1) + 0.5 = 6.5.
     feats = torch.tensor([[[[1.5]]]])
     params = torch.tensor([[2.0, 3.0, -1.0, 0.5]])
-    out = dynamic_mask_head(feats, params, torch.tensor([0]), torch.zeros(1, 2), torch.ones(1),
-                            8, channels=1, num_layers=2, rel_coords=False)
+    out = dynamic_mask_head(
+        feats,
+        params,
+        torch.tensor([0]),
+        torch.zeros(1, 2),
+        torch.ones(1),
+        8,
+        channels=1,
+        num_layers=2,
+        rel_coords=False,
+    )
     torch.testing.assert_close(out, torch.tensor([[[[6.5]]]]))
 
 
@@ -236,7 +282,9 @@ def test_half_precision(device, dtype):
     grad_out = torch.randn(37, 1, 11, 15, generator=gen).to(device)
     got = _run(dynamic_mask_head, low[:2] + tensors[2:], kwargs, grad_out.to(dtype))
     # The reference in float32 on the same (rounded) inputs.
-    want = _run(ref.dynamic_mask_head, [low[0].float(), low[1].float()] + tensors[2:], kwargs, grad_out)
+    want = _run(
+        ref.dynamic_mask_head, [low[0].float(), low[1].float()] + tensors[2:], kwargs, grad_out
+    )
     for a, b in zip(got, want):
         assert a.dtype == dtype
         _assert_close_rel(a.float(), b, 2e-2 if dtype == torch.bfloat16 else 5e-3)

@@ -46,7 +46,9 @@ def test_matches_reference(device, dtype, aligned, sampling_ratio):
 def test_matches_torchvision_per_level(device):
     feats, rois = make_pyramid(2, 4, 256, 320, 60, torch.float32, device, seed=5)
     out = multilevel_roi_align(feats, rois, 7, SCALES, 2, True, 48, 4)
-    expected = ref.multilevel_roi_align_loop(tv_ops.roi_align, feats, rois, 7, SCALES, 2, True, 48, 4)
+    expected = ref.multilevel_roi_align_loop(
+        tv_ops.roi_align, feats, rois, 7, SCALES, 2, True, 48, 4
+    )
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
 
 
@@ -65,8 +67,15 @@ def test_level_rule_by_hand(device):
     a point -> clamped to 3, a 2000-pixel box -> clamped to 5, an inverted box (negative area) -> 3.
     """
     feats = [torch.full((1, 1, 256 >> k, 256 >> k), float(k), device=device) for k in (3, 4, 5)]
-    boxes = [(10, 10, 234, 234), (0, 0, 112, 112), (0, 0, 448, 448), (0, 0, 447, 447),
-             (5, 5, 5, 5), (0, 0, 2000, 2000), (0, 0, 50, -200)]
+    boxes = [
+        (10, 10, 234, 234),
+        (0, 0, 112, 112),
+        (0, 0, 448, 448),
+        (0, 0, 447, 447),
+        (5, 5, 5, 5),
+        (0, 0, 2000, 2000),
+        (0, 0, 50, -200),
+    ]
     rois = torch.tensor([[0.0, *b] for b in boxes], device=device)
     out = multilevel_roi_align(feats, rois, 1, [1 / 8, 1 / 16, 1 / 32], 1, True).cpu()
     # One sample at the box centre: where it falls inside its level's map it reads the level
@@ -151,8 +160,9 @@ def test_noncontiguous_features_and_strided_gradient(device):
         if i == 1:
             views.append(f.to(memory_format=torch.channels_last))
         else:
-            wide = torch.zeros(f.shape[0], f.shape[1] * 2, f.shape[2], f.shape[3] + 3,
-                               dtype=f.dtype, device=device)
+            wide = torch.zeros(
+                f.shape[0], f.shape[1] * 2, f.shape[2], f.shape[3] + 3, dtype=f.dtype, device=device
+            )
             wide[:, 1::2, :, 2:-1] = f
             views.append(wide[:, 1::2, :, 2:-1])
     assert not any(v.is_contiguous() for v in views)
@@ -182,8 +192,9 @@ def test_level_of_size_zero(device, empty_dim):
     out = multilevel_roi_align(feats, *args)
     torch.testing.assert_close(out, ref.multilevel_roi_align(feats, *args), **TOL[torch.float64])
     levels = ref.assign_fpn_levels(rois.cpu(), 3, 3, 24, 4)
-    assert (levels == 2).any() and torch.equal(out[levels.to(out.device) == 2],
-                                               torch.zeros_like(out[levels.to(out.device) == 2]))
+    assert (levels == 2).any() and torch.equal(
+        out[levels.to(out.device) == 2], torch.zeros_like(out[levels.to(out.device) == 2])
+    )
     fs = [f.clone().requires_grad_() for f in feats]
     multilevel_roi_align(fs, *args).sum().backward()
     assert fs[2].grad.shape == shapes[2]
@@ -205,8 +216,9 @@ def test_rejects_batch_index_out_of_range(device):
 def test_cuda_matches_cpu(device):
     feats, rois = make_pyramid(2, 16, 256, 384, 300, torch.float32, "cpu", seed=6)
     out_cpu = torch.ops.idip.multilevel_roi_align(feats, rois, 7, 7, SCALES, 2, True, 112, 4)
-    out_gpu = multilevel_roi_align([f.to(device) for f in feats], rois.to(device), 7, SCALES, 2,
-                                   True, 112, 4)
+    out_gpu = multilevel_roi_align(
+        [f.to(device) for f in feats], rois.to(device), 7, SCALES, 2, True, 112, 4
+    )
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-5, atol=1e-5)
 
 
@@ -222,6 +234,17 @@ def test_opcheck(device):
     g = torch.randn(7, 3, 2, 3, device=device)
     torch.library.opcheck(
         lib.multilevel_roi_align_backward.default,
-        (g, rois, 2, 3, [f.shape[2] for f in feats], [f.shape[3] for f in feats], SCALES, 2,
-         True, 28.0, 4),
+        (
+            g,
+            rois,
+            2,
+            3,
+            [f.shape[2] for f in feats],
+            [f.shape[3] for f in feats],
+            SCALES,
+            2,
+            True,
+            28.0,
+            4,
+        ),
     )

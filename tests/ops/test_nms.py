@@ -84,7 +84,10 @@ def test_iou_is_compared_with_the_threshold_in_double(device, dtype, kept):
     boxes = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10]], device=device, dtype=dtype)
     scores = torch.tensor([0.9, 0.8], device=device, dtype=dtype)
     assert nms(boxes, scores, 1 / 3).tolist() == kept
-    assert batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long, device=device), 1 / 3).tolist() == kept
+    assert (
+        batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long, device=device), 1 / 3).tolist()
+        == kept
+    )
     assert ref.nms(boxes, scores, 1 / 3).tolist() == kept
     if tv_ops is not None:
         assert tv_ops.nms(boxes.cpu(), scores.cpu(), 1 / 3).tolist() == kept
@@ -93,8 +96,9 @@ def test_iou_is_compared_with_the_threshold_in_double(device, dtype, kept):
 @pytest.mark.parametrize("device", OP_DEVICES)
 def test_degenerate_boxes(device):
     """Zero-area boxes have IoU 0/0 = NaN with each other and are never suppressed by them."""
-    boxes = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10], [0, 0, 10, 10],
-                          [3, 3, 2, 2]], device=device)
+    boxes = torch.tensor(
+        [[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10], [0, 0, 10, 10], [3, 3, 2, 2]], device=device
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5], device=device)
     keep = nms(boxes, scores, 0.5)
     assert keep.tolist() == [0, 1, 2, 4]
@@ -172,12 +176,14 @@ def test_word_boundaries(device, n):
     and one box over; half of the boxes duplicate the other half so that words suppress across
     their boundaries."""
     boxes, scores = make_boxes(n, torch.float32, "cpu", seed=n, size=40.0)
-    boxes[n // 2:] = boxes[: n - n // 2] + 0.5
+    boxes[n // 2 :] = boxes[: n - n // 2] + 0.5
     expected = ref.nms(boxes, scores, 0.5)
     assert torch.equal(nms(boxes.to(device), scores.to(device), 0.5).cpu(), expected)
     idxs = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(n))
-    assert torch.equal(batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
-                       ref.batched_nms(boxes, scores, idxs, 0.5))
+    assert torch.equal(
+        batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
+        ref.batched_nms(boxes, scores, idxs, 0.5),
+    )
 
 
 @pytest.mark.parametrize("device", CUDA_DEVICES)
@@ -188,8 +194,10 @@ def test_cuda_matches_cpu_many_boxes(device, n):
     expected = torch.ops.idip.nms(boxes, scores, 0.5)  # the CPU kernel
     assert torch.equal(nms(boxes.to(device), scores.to(device), 0.5).cpu(), expected)
     idxs = torch.randint(0, 80, (n,))
-    assert torch.equal(batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
-                       torch.ops.idip.batched_nms(boxes, scores, idxs, 0.5))
+    assert torch.equal(
+        batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
+        torch.ops.idip.batched_nms(boxes, scores, idxs, 0.5),
+    )
 
 
 @pytest.mark.parametrize("device", CUDA_DEVICES)
@@ -206,8 +214,9 @@ def test_scan_in_global_memory(device, limit, monkeypatch):
     keep = nms(boxes.to(device), scores.to(device), 0.5).cpu()
     assert torch.equal(keep, torch.sort(scores[:m], descending=True).indices)
     clustered, cscores = make_boxes(200, torch.float32, "cpu", seed=5, size=60.0)
-    assert torch.equal(nms(clustered.to(device), cscores.to(device), 0.4).cpu(),
-                       ref.nms(clustered, cscores, 0.4))
+    assert torch.equal(
+        nms(clustered.to(device), cscores.to(device), 0.4).cpu(), ref.nms(clustered, cscores, 0.4)
+    )
 
 
 @pytest.mark.parametrize("device", CUDA_DEVICES)
@@ -228,8 +237,10 @@ def test_half_precision(device, dtype):
     expected = ref.nms(boxes.float(), scores.float(), 0.5)
     assert torch.equal(nms(boxes.to(device), scores.to(device), 0.5).cpu(), expected)
     idxs = torch.randint(0, 5, (300,), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
-                       ref.batched_nms(boxes.float(), scores.float(), idxs, 0.5))
+    assert torch.equal(
+        batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu(),
+        ref.batched_nms(boxes.float(), scores.float(), idxs, 0.5),
+    )
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from idip.ops import roi_align
 from idip.ops import reference as ref
+from idip.ops import roi_align
 
 from ..conftest import CUDA_DEVICES, OP_DEVICES, op_library
 
@@ -114,23 +114,32 @@ def test_empty_rois(device):
 def test_degenerate_rois(device, aligned):
     """Zero-size, inverted, far-outside and border RoIs match torchvision and the reference."""
     x = torch.randn(2, 3, 8, 10, dtype=torch.float64, device=device)
-    rois = torch.tensor([
-        [0, 4.0, 4.0, 4.0, 4.0],       # a point
-        [1, 6.0, 2.0, 3.0, 7.0],       # x2 < x1
-        [0, 50.0, 50.0, 60.0, 70.0],   # entirely outside
-        [1, -30.0, -20.0, -5.0, -2.0], # entirely outside (negative side)
-        [0, -1.0, -1.0, 11.0, 9.0],    # covers the whole map and a bit more
-        [1, 9.5, 7.5, 10.0, 8.0],      # the bottom-right corner
-    ], dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [
+            [0, 4.0, 4.0, 4.0, 4.0],  # a point
+            [1, 6.0, 2.0, 3.0, 7.0],  # x2 < x1
+            [0, 50.0, 50.0, 60.0, 70.0],  # entirely outside
+            [1, -30.0, -20.0, -5.0, -2.0],  # entirely outside (negative side)
+            [0, -1.0, -1.0, 11.0, 9.0],  # covers the whole map and a bit more
+            [1, 9.5, 7.5, 10.0, 8.0],  # the bottom-right corner
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
     for sr in (-1, 2):
         out = roi_align(x, rois, 3, 1.0, sr, aligned)
-        torch.testing.assert_close(out, ref.roi_align(x, rois, 3, 1.0, sr, aligned), **TOL[torch.float64])
+        torch.testing.assert_close(
+            out, ref.roi_align(x, rois, 3, 1.0, sr, aligned), **TOL[torch.float64]
+        )
         if tv_ops is not None:
             # torchvision's CPU kernel cannot size its buffers for an inverted RoI with an
             # adaptive (negative) grid, so that one is compared with the reference only.
             rows = [0, 2, 3, 4, 5] if aligned and sr <= 0 else list(range(6))
-            torch.testing.assert_close(out[rows], tv_ops.roi_align(x, rois[rows], 3, 1.0, sr, aligned),
-                                       **TOL[torch.float64])
+            torch.testing.assert_close(
+                out[rows],
+                tv_ops.roi_align(x, rois[rows], 3, 1.0, sr, aligned),
+                **TOL[torch.float64],
+            )
     # Entirely outside (more than one pixel away): nothing is sampled.
     assert torch.equal(out[2:4], torch.zeros_like(out[2:4]))
 
@@ -163,8 +172,9 @@ def test_noncontiguous_input(device):
     for xi in (x.to(memory_format=torch.channels_last), wide[:, ::2, :, 1:10]):
         for ri in (rois, padded_rois[:, 1:6]):
             assert not (xi.is_contiguous() and ri.is_contiguous())
-            torch.testing.assert_close(roi_align(xi, ri, 4, 1.0, 2, True), expected,
-                                       **TOL[torch.float64])
+            torch.testing.assert_close(
+                roi_align(xi, ri, 4, 1.0, 2, True), expected, **TOL[torch.float64]
+            )
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)
@@ -208,8 +218,9 @@ def test_rejects_batch_index_out_of_range(device, batch_index):
         roi_align(x, rois, 2, 1.0)
     lib = op_library(device)
     with pytest.raises(RuntimeError, match="batch index"):
-        lib.roi_align_backward(torch.ones(2, 2, 2, 2, device=device), rois, [1, 2, 5, 5], 1.0, 2,
-                               True)
+        lib.roi_align_backward(
+            torch.ones(2, 2, 2, 2, device=device), rois, [1, 2, 5, 5], 1.0, 2, True
+        )
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)
@@ -263,12 +274,16 @@ def test_cuda_backward_is_flagged_nondeterministic(device, warn_only):
     torch.use_deterministic_algorithms(True, warn_only=warn_only)
     try:
         if warn_only:
-            with pytest.warns(UserWarning, match="roi_align_backward .CUDA. does not have a "
-                                                 "deterministic implementation"):
+            with pytest.warns(
+                UserWarning,
+                match="roi_align_backward .CUDA. does not have a deterministic implementation",
+            ):
                 out.sum().backward()
         else:
-            with pytest.raises(RuntimeError, match="roi_align_backward .CUDA. does not have a "
-                                                   "deterministic implementation"):
+            with pytest.raises(
+                RuntimeError,
+                match="roi_align_backward .CUDA. does not have a deterministic implementation",
+            ):
                 out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(before)

@@ -46,7 +46,11 @@ class FaultTrainer(ScriptTrainer):
     def run_step(self, loader, iteration):
         kill_at = int(os.environ.get("FAULT_SIGKILL_AT_ITER", "-1"))
         first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
-        if iteration == kill_at and first_attempt and get_rank() == int(os.environ.get("FAULT_RANK", "1")):
+        if (
+            iteration == kill_at
+            and first_attempt
+            and get_rank() == int(os.environ.get("FAULT_RANK", "1"))
+        ):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(os.environ.get("FAULT_SLOW_STEP", "0")))
         return super().run_step(loader, iteration)

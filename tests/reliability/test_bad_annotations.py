@@ -27,7 +27,9 @@ def _rect(x, y, w, h):
 
 def _write(tmp_path, annotations, images=((1, H, W),)):
     data = {
-        "images": [{"id": i, "height": h, "width": w, "file_name": f"{i}.png"} for i, h, w in images],
+        "images": [
+            {"id": i, "height": h, "width": w, "file_name": f"{i}.png"} for i, h, w in images
+        ],
         "categories": [{"id": 5, "name": "thing"}, {"id": 9, "name": "other"}],
         "annotations": annotations,
     }
@@ -37,8 +39,15 @@ def _write(tmp_path, annotations, images=((1, H, W),)):
 
 
 def _ann(ann_id, segmentation, bbox=(5.0, 5.0, 10.0, 8.0), **extra):
-    return {"id": ann_id, "image_id": 1, "category_id": 5, "bbox": list(bbox), "iscrowd": 0,
-            "segmentation": segmentation, **extra}
+    return {
+        "id": ann_id,
+        "image_id": 1,
+        "category_id": 5,
+        "bbox": list(bbox),
+        "iscrowd": 0,
+        "segmentation": segmentation,
+        **extra,
+    }
 
 
 def test_rle_strings_decode_as_pycocotools_encodes_them():
@@ -51,18 +60,29 @@ def test_rle_strings_decode_as_pycocotools_encodes_them():
         assert np.array_equal(flat.reshape(w, h).T, m)
 
 
-@pytest.mark.parametrize("segmentation, reason", [
-    ([[5, 5, 15, float("nan"), 15, 13]], "non-finite polygon coordinates"),
-    ([[5, 5, 15, float("inf"), 15, 13]], "non-finite polygon coordinates"),
-    ([[5, 5, 15, 5]], "a polygon of fewer than 3 points"),
-    ([], "an empty polygon list"),
-    ({"size": [H, W], "counts": [5, 3]}, "an RLE whose runs do not cover its size"),
-    ({"size": [H, W], "counts": "not an rle"}, "an RLE whose counts string is not an RLE encoding"),
-    ({"size": [100000, 100000], "counts": "PPYo1"}, "an RLE of size 100000x100000 for a 40x60 image"),
-    ({"counts": [H * W]}, "an RLE without a [height, width] size"),
-    (None, "no segmentation"),
-])
-def test_training_drops_unusable_segmentations_naming_the_annotation(tmp_path, caplog, segmentation, reason):
+@pytest.mark.parametrize(
+    "segmentation, reason",
+    [
+        ([[5, 5, 15, float("nan"), 15, 13]], "non-finite polygon coordinates"),
+        ([[5, 5, 15, float("inf"), 15, 13]], "non-finite polygon coordinates"),
+        ([[5, 5, 15, 5]], "a polygon of fewer than 3 points"),
+        ([], "an empty polygon list"),
+        ({"size": [H, W], "counts": [5, 3]}, "an RLE whose runs do not cover its size"),
+        (
+            {"size": [H, W], "counts": "not an rle"},
+            "an RLE whose counts string is not an RLE encoding",
+        ),
+        (
+            {"size": [100000, 100000], "counts": "PPYo1"},
+            "an RLE of size 100000x100000 for a 40x60 image",
+        ),
+        ({"counts": [H * W]}, "an RLE without a [height, width] size"),
+        (None, "no segmentation"),
+    ],
+)
+def test_training_drops_unusable_segmentations_naming_the_annotation(
+    tmp_path, caplog, segmentation, reason
+):
     (tmp_path / "images").mkdir()
     path = _write(tmp_path, [_ann(1, _rect(5, 5, 10, 8)), _ann(77, segmentation)])
     with caplog.at_level(logging.WARNING, logger="idip.data.coco"):
@@ -93,13 +113,19 @@ def _perfect_predictions(annotations):
         x, y, w, h = a["bbox"]
         boxes.append([x, y, x + w, y + h])
         labels.append([5, 9].index(a["category_id"]))
-    outputs = {"boxes": torch.tensor(boxes), "scores": torch.ones(len(boxes)),
-               "labels": torch.tensor(labels), "masks": torch.from_numpy(np.stack(masks))}
+    outputs = {
+        "boxes": torch.tensor(boxes),
+        "scores": torch.ones(len(boxes)),
+        "labels": torch.tensor(labels),
+        "masks": torch.from_numpy(np.stack(masks)),
+    }
     return [{"image_id": 1, "height": H, "width": W}], [outputs]
 
 
 def _evaluate(path, annotations):
-    evaluator = COCOEvaluator(None, json_file=path, contiguous_to_category_id=[5, 9], distributed=False)
+    evaluator = COCOEvaluator(
+        None, json_file=path, contiguous_to_category_id=[5, 9], distributed=False
+    )
     evaluator.process(*_perfect_predictions(annotations))
     return evaluator.evaluate()
 
@@ -126,15 +152,20 @@ def test_missing_area_and_iscrowd_are_filled(tmp_path):
         a.pop("iscrowd")
         a["area"] = float("nan") if a["id"] == 2 else -1
     metrics = _evaluate(_write(tmp_path, annotations), annotations)
-    assert metrics["segm"]["AP"] == pytest.approx(100.0) and metrics["bbox"]["AP"] == pytest.approx(100.0)
+    assert metrics["segm"]["AP"] == pytest.approx(100.0) and metrics["bbox"]["AP"] == pytest.approx(
+        100.0
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    None,  # no segmentation at all
-    [[30, 30, 40, 30]],  # a polygon of 2 points
-    [[30, 30, float("nan"), 30, 40, 40]],  # a NaN vertex
-    {"size": [H, W], "counts": [1, 2, 3]},  # runs that do not cover the image
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,  # no segmentation at all
+        [[30, 30, 40, 30]],  # a polygon of 2 points
+        [[30, 30, float("nan"), 30, 40, 40]],  # a NaN vertex
+        {"size": [H, W], "counts": [1, 2, 3]},  # runs that do not cover the image
+    ],
+)
 def test_unusable_ground_truth_masks_do_not_crash_evaluation(tmp_path, caplog, bad):
     """Their boxes are evaluated; in the segm evaluation they are ignore regions, so a model
     that predicts those objects is not penalised (AP stays 100 for the usable masks)."""
@@ -147,14 +178,21 @@ def test_unusable_ground_truth_masks_do_not_crash_evaluation(tmp_path, caplog, b
     # the model also finds the object whose ground-truth mask is unusable
     extra = torch.zeros(1, H, W, dtype=torch.bool)
     extra[0, 25:35, 30:42] = True
-    outputs[0] = {"boxes": torch.cat([outputs[0]["boxes"], torch.tensor([[30.0, 25, 42, 35]])]),
-                  "scores": torch.cat([outputs[0]["scores"], torch.ones(1)]),
-                  "labels": torch.cat([outputs[0]["labels"], torch.tensor([0])]),
-                  "masks": torch.cat([outputs[0]["masks"], extra])}
-    evaluator = COCOEvaluator(None, json_file=path, contiguous_to_category_id=[5, 9], distributed=False)
+    outputs[0] = {
+        "boxes": torch.cat([outputs[0]["boxes"], torch.tensor([[30.0, 25, 42, 35]])]),
+        "scores": torch.cat([outputs[0]["scores"], torch.ones(1)]),
+        "labels": torch.cat([outputs[0]["labels"], torch.tensor([0])]),
+        "masks": torch.cat([outputs[0]["masks"], extra]),
+    }
+    evaluator = COCOEvaluator(
+        None, json_file=path, contiguous_to_category_id=[5, 9], distributed=False
+    )
     evaluator.process(inputs, outputs)
     with caplog.at_level(logging.WARNING, logger="idip.evaluation.ground_truth"):
         metrics = evaluator.evaluate()
     assert metrics["bbox"]["AP"] == pytest.approx(100.0)
     assert metrics["segm"]["AP"] == pytest.approx(100.0)
-    assert "1 annotations with" in caplog.text and "ignore regions in the segm evaluation" in caplog.text
+    assert (
+        "1 annotations with" in caplog.text
+        and "ignore regions in the segm evaluation" in caplog.text
+    )

@@ -72,7 +72,9 @@ def test_awkward_dataset_through_the_train_loader(awkward_dataset):
             boxes = inst["boxes"]
             assert boxes.shape == (len(classes), 4)
             assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all(), name
-            assert (boxes >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all(), name
+            assert (boxes >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all(), (
+                name
+            )
             assert inst["masks"].shape == (len(classes), h, w) and inst["masks"].dtype == torch.bool
             assert inst["masks"].flatten(1).any(1).all(), f"{name}: an empty mask"
     assert set(seen) == {n for n, e in expected.items() if e["classes"]}
@@ -106,10 +108,18 @@ def _train_argv(out, data, max_iter, *extra):
     return [
         *tiny_cfg_opts(str(out), max_iter),
         *custom_dataset_opts("awkward", data["json"], data["images"]),
-        "DATASETS.TRAIN", "('awkward',)",
-        "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", str(MAX_SIZE),
-        "INPUT.MIN_SIZE_TEST", "40", "INPUT.MAX_SIZE_TEST", str(MAX_SIZE),
-        "SOLVER.IMS_PER_BATCH", "2",
+        "DATASETS.TRAIN",
+        "('awkward',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(32,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        str(MAX_SIZE),
+        "INPUT.MIN_SIZE_TEST",
+        "40",
+        "INPUT.MAX_SIZE_TEST",
+        str(MAX_SIZE),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
         *extra,
     ]
 
@@ -118,7 +128,9 @@ def test_train_cli_skips_a_corrupt_image_naming_it(awkward_dataset, tmp_path, ca
     bad = os.path.join(awkward_dataset["images"], "rgb.png")
     _truncate(bad)
     # 1 of 8 training images is bad: allowed with a 20% budget; 5 iterations = 10 draws > 1 epoch
-    argv = _train_argv(tmp_path / "run", awkward_dataset, 5, "DATALOADER.MAX_BAD_IMAGE_FRACTION", "0.2")
+    argv = _train_argv(
+        tmp_path / "run", awkward_dataset, 5, "DATALOADER.MAX_BAD_IMAGE_FRACTION", "0.2"
+    )
     assert train.cli(argv, trainer_cls=Trainer) == 0
     log = open(tmp_path / "run" / "log.txt").read()
     assert f"skipped unreadable training image '{bad}'" in log
@@ -141,10 +153,18 @@ def test_eval_cli_corrupt_image_is_an_error_naming_it(awkward_dataset, tmp_path,
     bad = os.path.join(awkward_dataset["images"], "cmyk.jpg")
     _truncate(bad)
     capsys.readouterr()
-    rc = eval_cli.run_cli(eval_cli.main, [
-        *argv, "DATASETS.TEST", "('awkward',)", "OUTPUT_DIR", str(tmp_path / "eval"),
-        "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"),
-    ])
+    rc = eval_cli.run_cli(
+        eval_cli.main,
+        [
+            *argv,
+            "DATASETS.TEST",
+            "('awkward',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "run" / "model_final.pth"),
+        ],
+    )
     assert rc != 0
     err = one_error_line(capsys.readouterr().err)
     assert bad in err
@@ -161,7 +181,11 @@ def test_missing_annotation_file_or_image_folder_stops_before_training(
     assert train.cli(argv, trainer_cls=Trainer) == 2
     err = one_error_line(capsys.readouterr().err)
     assert missing in err
-    assert not any(f.endswith(".pth") for f in os.listdir(tmp_path / "run")) if (tmp_path / "run").exists() else True
+    assert (
+        not any(f.endswith(".pth") for f in os.listdir(tmp_path / "run"))
+        if (tmp_path / "run").exists()
+        else True
+    )
     metrics = tmp_path / "run" / "metrics.json"
     assert not metrics.exists() or not metrics.read_text().strip()  # not a single iteration ran
 

@@ -18,16 +18,38 @@ CONFIGS = {
 }
 SHRINK = {
     "IDIP": [
-        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.IDIP.HIDDEN_DIM", "32",
-        "MODEL.IDIP.NUM_PROPOSALS", "12", "MODEL.IDIP.NUM_HEADS", "2", "MODEL.IDIP.DIM_DYNAMIC", "8",
-        "MODEL.IDIP.DIM_FEEDFORWARD", "64", "MODEL.IDIP.NHEADS", "2", "MODEL.IDIP.MASK_NUM_CONVS", "1",
-        "MODEL.IDIP.SAMPLE_STEP", "1",
+        "MODEL.FPN.OUT_CHANNELS",
+        "32",
+        "MODEL.IDIP.HIDDEN_DIM",
+        "32",
+        "MODEL.IDIP.NUM_PROPOSALS",
+        "12",
+        "MODEL.IDIP.NUM_HEADS",
+        "2",
+        "MODEL.IDIP.DIM_DYNAMIC",
+        "8",
+        "MODEL.IDIP.DIM_FEEDFORWARD",
+        "64",
+        "MODEL.IDIP.NHEADS",
+        "2",
+        "MODEL.IDIP.MASK_NUM_CONVS",
+        "1",
+        "MODEL.IDIP.SAMPLE_STEP",
+        "1",
     ],
     "CondInst": [
         # 64 FPN channels: GroupNorm(32) then normalises 2 channels per group, so a 1x1 level
         # still has more than one value per group
-        "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.NUM_CLS_CONVS", "1", "MODEL.FCOS.NUM_BOX_CONVS", "1",
-        "MODEL.CONDINST.MASK_BRANCH.CHANNELS", "16", "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS", "1",
+        "MODEL.FPN.OUT_CHANNELS",
+        "64",
+        "MODEL.FCOS.NUM_CLS_CONVS",
+        "1",
+        "MODEL.FCOS.NUM_BOX_CONVS",
+        "1",
+        "MODEL.CONDINST.MASK_BRANCH.CHANNELS",
+        "16",
+        "MODEL.CONDINST.MASK_BRANCH.NUM_CONVS",
+        "1",
     ],
 }
 NO_DETECTIONS = {  # a score threshold no sigmoid probability exceeds
@@ -43,7 +65,9 @@ def _model(arch: str, *extra: str):
     from idip.config import setup_cfg
     from idip.modeling import build_model
 
-    cfg = setup_cfg(CONFIGS[arch], ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *SHRINK[arch], *extra])
+    cfg = setup_cfg(
+        CONFIGS[arch], ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *SHRINK[arch], *extra]
+    )
     torch.manual_seed(0)
     return build_model(cfg), cfg
 
@@ -52,12 +76,20 @@ def _image_sample(height: int, width: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {
         "image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8),
-        "height": height, "width": width, "image_id": seed, "file_name": f"img{seed}.png",
+        "height": height,
+        "width": width,
+        "image_id": seed,
+        "file_name": f"img{seed}.png",
     }
 
 
 def _check_result(result: dict, height: int, width: int, num_classes: int) -> int:
-    boxes, scores, labels, masks = result["boxes"], result["scores"], result["labels"], result["masks"]
+    boxes, scores, labels, masks = (
+        result["boxes"],
+        result["scores"],
+        result["labels"],
+        result["masks"],
+    )
     k = boxes.shape[0]
     assert boxes.shape == (k, 4) and scores.shape == (k,) and labels.shape == (k,)
     assert labels.dtype == torch.int64 and masks.dtype == torch.bool
@@ -154,7 +186,9 @@ def test_ten_thousand_objects_in_one_training_image(arch):
         total = sum(losses.values())
         total.backward()
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
-    quadratic = [(op, shape) for op, shape in recorder.shapes if sum(d >= num_objects for d in shape) >= 2]
+    quadratic = [
+        (op, shape) for op, shape in recorder.shapes if sum(d >= num_objects for d in shape) >= 2
+    ]
     assert not quadratic, f"G x G tensors: {quadratic[:5]}"
     largest = max(recorder.shapes, key=lambda s: torch.Size(s[1]).numel())
     # nothing larger than what the input masks (G x H x W) already hold

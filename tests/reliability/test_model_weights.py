@@ -20,11 +20,32 @@ from tests.reliability.test_model_edge_inputs import CONFIGS, SHRINK, _model
 
 def _opts(arch: str, out_dir, *extra: str) -> list[str]:
     return [
-        "--config-file", CONFIGS[arch], "MODEL.DEVICE", "cpu", *SHRINK[arch],
-        "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "(10,)", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "0",
-        "DATASETS.TRAIN", "('synthetic',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
-        "SEED", "1", "OUTPUT_DIR", str(out_dir), *extra,
+        "--config-file",
+        CONFIGS[arch],
+        "MODEL.DEVICE",
+        "cpu",
+        *SHRINK[arch],
+        "SOLVER.MAX_ITER",
+        "1",
+        "SOLVER.STEPS",
+        "(10,)",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "0",
+        "DATASETS.TRAIN",
+        "('synthetic',)",
+        "DATASETS.TEST",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "1",
+        "OUTPUT_DIR",
+        str(out_dir),
+        *extra,
     ]
 
 
@@ -39,7 +60,12 @@ def test_backbone_weights_on_purpose_list_what_was_skipped(tmp_path):
     torch.save(state, path)
 
     # the shapes config's ResNet-18 is half width; torchvision's weights fit the standard one
-    standard_width = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    standard_width = [
+        "MODEL.RESNETS.STEM_OUT_CHANNELS",
+        "64",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+    ]
     opts = _opts("IDIP", tmp_path / "run", "MODEL.WEIGHTS", str(path), *standard_width)
     assert train.cli(opts, trainer_cls=TinyTrainer) == 0
     log = (tmp_path / "run" / "log.txt").read_text()
@@ -75,16 +101,31 @@ def test_checkpoint_of_the_other_model_or_other_shapes(tool, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["IDIP", "CondInst"])
-def test_real_model_trains_and_evaluates_on_the_awkward_dataset(arch, awkward_dataset, tmp_path, capsys):
+def test_real_model_trains_and_evaluates_on_the_awkward_dataset(
+    arch, awkward_dataset, tmp_path, capsys
+):
     """Every awkward image (grayscale, CMYK, EXIF, crowd-only, huge, ...) through the real model:
     2 training iterations, then eval.py with pycocotools on the same json."""
     _model(arch)
     from idip.engine.trainer import Trainer
 
-    data = [*custom_dataset_opts("awkward", awkward_dataset["json"], awkward_dataset["images"]),
-            "DATASETS.TRAIN", "('awkward',)", "DATASETS.TEST", "('awkward',)",
-            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "INPUT.MIN_SIZE_TEST", "48", "INPUT.MAX_SIZE_TEST", "64", "TEST.IMS_PER_BATCH", "3"]
+    data = [
+        *custom_dataset_opts("awkward", awkward_dataset["json"], awkward_dataset["images"]),
+        "DATASETS.TRAIN",
+        "('awkward',)",
+        "DATASETS.TEST",
+        "('awkward',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(48,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "INPUT.MIN_SIZE_TEST",
+        "48",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+        "TEST.IMS_PER_BATCH",
+        "3",
+    ]
     key = META_ARCH_REGISTRY[arch].num_classes_key
     # the configs say 4 classes (shapes); the awkward dataset has 3: one clear line, no training
     opts = _opts(arch, tmp_path / "run", *data, "SOLVER.MAX_ITER", "2")
@@ -97,7 +138,9 @@ def test_real_model_trains_and_evaluates_on_the_awkward_dataset(arch, awkward_da
     assert train.cli(opts, trainer_cls=Trainer) == 0
     capsys.readouterr()
     weights = str(tmp_path / "run" / "model_final.pth")
-    rc = eval_cli.run_cli(eval_cli.main, [*opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")])
+    rc = eval_cli.run_cli(
+        eval_cli.main, [*opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     results = json.loads(out.strip().splitlines()[-1])

@@ -31,7 +31,9 @@ def test_a_second_run_into_the_same_folder_is_refused_naming_the_holder(tmp_path
     holder = RunLock(str(out))  # another run holds the folder
     try:
         code, err = _train(out, capsys)
-        assert code == 2 and "is in use by another training run" in err and f"pid {os.getpid()}" in err
+        assert (
+            code == 2 and "is in use by another training run" in err and f"pid {os.getpid()}" in err
+        )
         assert not (out / "metrics.json").exists() and not (out / "last_checkpoint").exists()
     finally:
         holder.release()
@@ -62,8 +64,11 @@ def test_start_over_moves_the_previous_run_aside(tmp_path, capsys):
     assert _train(out, capsys, "--start-over")[0] == 0
     (old,) = [p for p in out.iterdir() if p.name.startswith("replaced_run_")]
     assert (old / "model_final.pth").read_bytes() == first
-    iterations = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()
-                  if "total_loss" in line]
+    iterations = [
+        json.loads(line)["iteration"]
+        for line in (out / "metrics.json").read_text().splitlines()
+        if "total_loss" in line
+    ]
     assert iterations == sorted(set(iterations))  # one history, no duplicates
     code, err = _train(out, capsys, "--resume", "--start-over")
     assert code == 2 and "exclude each other" in err
@@ -100,8 +105,9 @@ class DivergingTrainer(TinyTrainer):
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path, capsys):
     out = tmp_path / "run"
-    code, err = _train(out, capsys, max_iter=6, trainer_cls=DivergingTrainer,
-                       **{"SOLVER.CHECKPOINT_PERIOD": 2})
+    code, err = _train(
+        out, capsys, max_iter=6, trainer_cls=DivergingTrainer, **{"SOLVER.CHECKPOINT_PERIOD": 2}
+    )
     assert code == 1 and "after iteration 1" in err and "not finite" in err
     assert "checkpoint not written" in err
     assert not (out / "last_checkpoint").exists() and not (out / "model_0000001.pth").exists()
@@ -113,13 +119,15 @@ def test_base_lr_must_be_a_finite_positive_number(tmp_path, capsys, lr):
     config.write_text(f"SOLVER:\n  BASE_LR: {lr}\n")
     opts = tiny_cfg_opts(str(tmp_path / "run"), 2)
     i = opts.index("SOLVER.BASE_LR")
-    del opts[i:i + 2]  # the file's value stands
+    del opts[i : i + 2]  # the file's value stands
     code = train.cli(["--config-file", str(config), *opts], trainer_cls=TinyTrainer)
     err = one_error_line(capsys.readouterr().err)
     assert code == 2 and "SOLVER.BASE_LR" in err
 
 
-def test_a_failed_save_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+def test_a_failed_save_names_the_file_and_keeps_the_previous_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     real = checkpoint_module.atomic_torch_save
     calls = []
@@ -154,15 +162,25 @@ def test_an_output_dir_under_a_regular_file_is_one_line(tmp_path, capsys):
 
 
 def _resume(out, capsys, *flags, **extra):
-    code = train.cli(["--resume", *flags, *tiny_cfg_opts(str(out), 8, **extra)], trainer_cls=TinyTrainer)
+    code = train.cli(
+        ["--resume", *flags, *tiny_cfg_opts(str(out), 8, **extra)], trainer_cls=TinyTrainer
+    )
     err = capsys.readouterr().err
     return code, (one_error_line(err) if code else "")
 
 
-@pytest.mark.parametrize("key, value", [("SOLVER.IMS_PER_BATCH", 2), ("SEED", 8),
-                                        ("MODEL.META_ARCHITECTURE", "TinyTestModel"),
-                                        ("DATASETS.TRAIN", ("other",))])
-def test_resuming_with_a_config_change_that_breaks_exactness_is_refused(tmp_path, capsys, key, value):
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SOLVER.IMS_PER_BATCH", 2),
+        ("SEED", 8),
+        ("MODEL.META_ARCHITECTURE", "TinyTestModel"),
+        ("DATASETS.TRAIN", ("other",)),
+    ],
+)
+def test_resuming_with_a_config_change_that_breaks_exactness_is_refused(
+    tmp_path, capsys, key, value
+):
     """#21 item 8: the changed key is named; --allow-config-change continues (logging it)."""
     out = tmp_path / "run"
     assert _train(out, capsys, max_iter=8, **{"SOLVER.CHECKPOINT_PERIOD": 2})[0] == 0
@@ -173,7 +191,9 @@ def test_resuming_with_a_config_change_that_breaks_exactness_is_refused(tmp_path
     assert code == 2 and f"changed {key}" in err and "--allow-config-change" in err
     if key == "DATASETS.TRAIN":
         return  # the synthetic loader of the tiny trainer has no such dataset to continue with
-    code, err = _resume(out, capsys, "--allow-config-change", **{"SOLVER.CHECKPOINT_PERIOD": 2, key: value})
+    code, err = _resume(
+        out, capsys, "--allow-config-change", **{"SOLVER.CHECKPOINT_PERIOD": 2, key: value}
+    )
     assert code == 0, err
     assert f"config differs from the checkpoint's: {key}:" in (out / "log.txt").read_text()
 
@@ -184,4 +204,6 @@ def test_resuming_with_a_harmless_change_logs_it_and_continues(tmp_path, capsys)
     (out / "last_checkpoint").write_text("model_0000003.pth\n")
     code, err = _resume(out, capsys, **{"SOLVER.CHECKPOINT_PERIOD": 2, "LOG_PERIOD": 3})
     assert code == 0, err
-    assert "config differs from the checkpoint's: LOG_PERIOD: 1 -> 3" in (out / "log.txt").read_text()
+    assert (
+        "config differs from the checkpoint's: LOG_PERIOD: 1 -> 3" in (out / "log.txt").read_text()
+    )

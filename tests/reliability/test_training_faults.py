@@ -73,8 +73,15 @@ def _env(report, **extra):
 
 
 def _train(out_dir, report, max_iter, args=(), **env):
-    cmd = [sys.executable, SCRIPT, *args, *tiny_cfg_opts(str(out_dir), max_iter, **{"SOLVER.CHECKPOINT_PERIOD": 3})]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(report, **env), capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        SCRIPT,
+        *args,
+        *tiny_cfg_opts(str(out_dir), max_iter, **{"SOLVER.CHECKPOINT_PERIOD": 3}),
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, env=_env(report, **env), capture_output=True, text=True, timeout=300
+    )
 
 
 def _params(report) -> list[float]:
@@ -114,10 +121,20 @@ def test_sigkill_at_arbitrary_moments_then_resume(tmp_path):
     # was logged (its checkpoint model_0000008 may be complete, half written or not started), and
     # 0.37 s into the steps after the next logged iteration.
     for attempt, kill_when_logged in enumerate((5, 9, None)):
-        cmd = [sys.executable, SCRIPT, *(["--resume"] if attempt else []),
-               *tiny_cfg_opts(str(run), max_iter, **{"SOLVER.CHECKPOINT_PERIOD": period})]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path / "unused.json", FAULT_SLOW_STEP=0.2),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            SCRIPT,
+            *(["--resume"] if attempt else []),
+            *tiny_cfg_opts(str(run), max_iter, **{"SOLVER.CHECKPOINT_PERIOD": period}),
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=_env(tmp_path / "unused.json", FAULT_SLOW_STEP=0.2),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 120
         start_logged = _iterations_logged(run)
         while time.time() < deadline and proc.poll() is None:
@@ -182,10 +199,23 @@ def test_half_written_checkpoint_of_a_killed_run_is_cleaned_up_on_resume(tmp_pat
 @pytest.mark.slow
 def test_torchrun_restarts_a_sigkilled_worker(tmp_path):
     def torchrun(out_dir, report, torchrun_args=(), **env):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *torchrun_args, SCRIPT, *tiny_cfg_opts(str(out_dir), 5, **{"SOLVER.CHECKPOINT_PERIOD": 2})]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *torchrun_args,
+            SCRIPT,
+            *tiny_cfg_opts(str(out_dir), 5, **{"SOLVER.CHECKPOINT_PERIOD": 2}),
+        ]
         proc = subprocess.run(
-            cmd, cwd=ROOT, env=_env(report, PYTHONFAULTHANDLER=1, **env), capture_output=True, text=True, timeout=300
+            cmd,
+            cwd=ROOT,
+            env=_env(report, PYTHONFAULTHANDLER=1, **env),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, torchrun_failure(proc)
         with open(report) as f:
@@ -193,7 +223,12 @@ def test_torchrun_restarts_a_sigkilled_worker(tmp_path):
 
     full = torchrun(tmp_path / "full", tmp_path / "full.json")
     # rank 1 is SIGKILLed (no Python exception, no cleanup) when it starts iteration 3
-    restarted = torchrun(tmp_path / "run", tmp_path / "run.json", ("--max-restarts=1",),
-                         FAULT_SIGKILL_AT_ITER=3, FAULT_RANK=1)
+    restarted = torchrun(
+        tmp_path / "run",
+        tmp_path / "run.json",
+        ("--max-restarts=1",),
+        FAULT_SIGKILL_AT_ITER=3,
+        FAULT_RANK=1,
+    )
     assert [r["start_iter"] for r in restarted] == [2, 2]
     assert restarted[0]["params"] == full[0]["params"] == restarted[1]["params"]

@@ -28,9 +28,13 @@ def _edit_json(data, edit):
 
 
 def _run(tmp_path, capsys, data, *opts):
-    argv = [*tiny_cfg_opts(str(tmp_path / "run"), 2),
-            *custom_dataset_opts("custom", data["json"], data["images"]),
-            "DATASETS.TRAIN", "('custom',)", *opts]
+    argv = [
+        *tiny_cfg_opts(str(tmp_path / "run"), 2),
+        *custom_dataset_opts("custom", data["json"], data["images"]),
+        "DATASETS.TRAIN",
+        "('custom',)",
+        *opts,
+    ]
     code = train.cli(argv, trainer_cls=Trainer)
     err = one_error_line(capsys.readouterr().err)
     assert code == 2, err
@@ -53,8 +57,14 @@ JSON_CASES = {
     "empty categories": (lambda c: c.update(categories=[]), "no 'categories'"),
     "duplicate image ids": (_duplicate_first_image, "appears more than once"),
     "unknown category_id": (_unknown_category, "category_id 999"),
-    "zero images": (lambda c: c.update(images=[], annotations=[]), "no training images with usable annotations"),
-    "no annotated image": (lambda c: c.update(annotations=[]), "no training images with usable annotations"),
+    "zero images": (
+        lambda c: c.update(images=[], annotations=[]),
+        "no training images with usable annotations",
+    ),
+    "no annotated image": (
+        lambda c: c.update(annotations=[]),
+        "no training images with usable annotations",
+    ),
 }
 
 
@@ -68,7 +78,10 @@ def test_bad_annotation_files(awkward_dataset, tmp_path, capsys, case):
 
 CONFIG_CASES = {
     "empty MIN_SIZE_TRAIN": (["INPUT.MIN_SIZE_TRAIN", "()"], "INPUT.MIN_SIZE_TRAIN"),
-    "unknown sampling": (["INPUT.MIN_SIZE_TRAIN_SAMPLING", "sometimes"], "INPUT.MIN_SIZE_TRAIN_SAMPLING"),
+    "unknown sampling": (
+        ["INPUT.MIN_SIZE_TRAIN_SAMPLING", "sometimes"],
+        "INPUT.MIN_SIZE_TRAIN_SAMPLING",
+    ),
     "negative workers": (["DATALOADER.NUM_WORKERS", "-1"], "DATALOADER.NUM_WORKERS"),
     "test batch 0": (["TEST.IMS_PER_BATCH", "0"], "TEST.IMS_PER_BATCH"),
 }
@@ -90,15 +103,26 @@ def test_custom_dataset_without_images(awkward_dataset, tmp_path, capsys):
 
 
 def test_custom_dataset_named_like_a_built_in_one(awkward_dataset, tmp_path, capsys):
-    err = _run(tmp_path, capsys, awkward_dataset,
-               *custom_dataset_opts("shapes_train", awkward_dataset["json"], awkward_dataset["images"]))
+    err = _run(
+        tmp_path,
+        capsys,
+        awkward_dataset,
+        *custom_dataset_opts("shapes_train", awkward_dataset["json"], awkward_dataset["images"]),
+    )
     assert "'shapes_train' is already a built-in dataset" in err
 
 
 def test_condinst_mask_out_stride_that_does_not_divide(tmp_path, capsys):
-    argv = ["--config-file", os.path.join(ROOT, "configs/shapes/CondInst_R18.yaml"),
-            "MODEL.CONDINST.MASK_OUT_STRIDE", "3", "OUTPUT_DIR", str(tmp_path / "run"),
-            "MODEL.DEVICE", "cpu"]
+    argv = [
+        "--config-file",
+        os.path.join(ROOT, "configs/shapes/CondInst_R18.yaml"),
+        "MODEL.CONDINST.MASK_OUT_STRIDE",
+        "3",
+        "OUTPUT_DIR",
+        str(tmp_path / "run"),
+        "MODEL.DEVICE",
+        "cpu",
+    ]
     code = train.cli(argv, trainer_cls=Trainer)
     err = one_error_line(capsys.readouterr().err)
     assert code == 2 and "MODEL.CONDINST.MASK_OUT_STRIDE" in err

@@ -4,7 +4,6 @@ file, a non-zero exit, no traceback, and no code from the file ever runs."""
 from __future__ import annotations
 
 import builtins
-import os
 import pickle
 
 import pytest
@@ -117,7 +116,9 @@ def test_good_full_checkpoint_through_both_tools(tmp_path, capsys):
     assert train.cli(tiny_cfg_opts(str(tmp_path / "a"), 2), trainer_cls=TinyTrainer) == 0
     weights = str(tmp_path / "a" / "model_final.pth")
     assert _run("train", tmp_path / "b", weights) == 0
-    assert f"loaded TinyTestModel weights from {weights}" in (tmp_path / "b" / "log.txt").read_text()
+    assert (
+        f"loaded TinyTestModel weights from {weights}" in (tmp_path / "b" / "log.txt").read_text()
+    )
     capsys.readouterr()
     # eval gets past the weights and stops at the unregistered dataset: one line naming it
     assert _run("eval", tmp_path / "c", weights) == 2

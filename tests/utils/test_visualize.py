@@ -41,8 +41,12 @@ def test_threshold_hides_low_scores():
 
 def test_zero_detections_and_bad_masks():
     image = np.zeros((10, 12, 3), dtype=np.uint8)
-    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, 10, 12, dtype=torch.bool)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 10, 12, dtype=torch.bool),
+    }
     assert (np.asarray(draw_instances(image, empty)) == 0).all()
     with pytest.raises(ValueError, match="masks have size"):
         draw_instances(np.zeros((60, 70, 3), dtype=np.uint8), _prediction())

@@ -83,8 +83,14 @@ class FPN(nn.Module):
         input [N, 3, H, W] -> dict "p{k}" -> [N, out_channels, H/2**k, W/2**k].
     """
 
-    def __init__(self, bottom_up: nn.Module, in_features: Sequence[str], out_channels: int = 256,
-                 norm: str = "", top_block: str | None = None):
+    def __init__(
+        self,
+        bottom_up: nn.Module,
+        in_features: Sequence[str],
+        out_channels: int = 256,
+        norm: str = "",
+        top_block: str | None = None,
+    ):
         super().__init__()
         if norm not in FPN_NORMS:
             raise ValueError(f"FPN norm must be one of {list(FPN_NORMS)}; got norm={norm!r}")
@@ -119,10 +125,21 @@ class FPN(nn.Module):
 
         use_bias = norm == ""
         for name, level in zip(self.in_features, self.levels):
-            lateral = Conv2dNorm(input_shapes[name].channels, out_channels, 1, bias=use_bias,
-                                 norm=get_norm(norm, out_channels))
-            output = Conv2dNorm(out_channels, out_channels, 3, padding=1, bias=use_bias,
-                                norm=get_norm(norm, out_channels))
+            lateral = Conv2dNorm(
+                input_shapes[name].channels,
+                out_channels,
+                1,
+                bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            output = Conv2dNorm(
+                out_channels,
+                out_channels,
+                3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
             c2_xavier_fill(lateral)
             c2_xavier_fill(output)
             self.add_module(f"fpn_lateral{level}", lateral)

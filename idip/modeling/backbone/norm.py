@@ -43,12 +43,14 @@ class FrozenBatchNorm2d(nn.Module):
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # BatchNorm2d checkpoints carry a step counter that has no meaning here.
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -88,8 +90,13 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     the one that computes. The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
     """
     if isinstance(module, nn.SyncBatchNorm):
-        plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        plain = nn.BatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
         plain.load_state_dict(module.state_dict())
         reference = _first_tensor(module)
         if reference is not None:

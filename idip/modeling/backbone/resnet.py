@@ -42,8 +42,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str,
-                 stride_in_1x1: bool = False):
+    def __init__(
+        self, in_channels: int, width: int, stride: int, norm: str, stride_in_1x1: bool = False
+    ):
         super().__init__()
         del stride_in_1x1  # a basic block has no 1x1 conv; kept for a uniform constructor
         out_channels = width * self.expansion
@@ -72,8 +73,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str,
-                 stride_in_1x1: bool = False):
+    def __init__(
+        self, in_channels: int, width: int, stride: int, norm: str, stride_in_1x1: bool = False
+    ):
         super().__init__()
         out_channels = width * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -137,9 +139,16 @@ class ResNet(nn.Module):
         input [N, 3, H, W] -> dict name -> [N, C_name, ceil(H/stride), ceil(W/stride)].
     """
 
-    def __init__(self, depth: int, out_features: Sequence[str] = STAGE_NAMES,
-                 norm: str = "FrozenBN", freeze_at: int = 0, stride_in_1x1: bool = False,
-                 stem_channels: int = STEM_CHANNELS, res2_channels: int | None = None):
+    def __init__(
+        self,
+        depth: int,
+        out_features: Sequence[str] = STAGE_NAMES,
+        norm: str = "FrozenBN",
+        freeze_at: int = 0,
+        stride_in_1x1: bool = False,
+        stem_channels: int = STEM_CHANNELS,
+        res2_channels: int | None = None,
+    ):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(
@@ -163,7 +172,9 @@ class ResNet(nn.Module):
         if res2_channels is None:
             res2_channels = 64 * block_cls.expansion
         if stem_channels <= 0:
-            raise ValueError(f"ResNet stem_channels must be positive; got stem_channels={stem_channels}")
+            raise ValueError(
+                f"ResNet stem_channels must be positive; got stem_channels={stem_channels}"
+            )
         if res2_channels <= 0 or res2_channels % block_cls.expansion:
             raise ValueError(
                 f"ResNet-{depth} res2_channels must be a positive multiple of {block_cls.expansion}; "
@@ -188,8 +199,15 @@ class ResNet(nn.Module):
             stride *= first_stride
             blocks = []
             for block_index in range(blocks_per_stage[index]):
-                blocks.append(block_cls(in_channels, width, first_stride if block_index == 0 else 1,
-                                        norm, stride_in_1x1))
+                blocks.append(
+                    block_cls(
+                        in_channels,
+                        width,
+                        first_stride if block_index == 0 else 1,
+                        norm,
+                        stride_in_1x1,
+                    )
+                )
                 in_channels = width * block_cls.expansion
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             self._shapes[STAGE_NAMES[index]] = ShapeSpec(in_channels, stride)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -118,7 +118,7 @@ def _find_root(keys: list[str]) -> tuple[str, str]:
     for key in keys:
         if key.startswith(best):
             for scheme, pattern in _ROOT_PATTERNS.items():
-                if pattern.match(key[len(best):]) and not _is_ignorable(key[len(best):]):
+                if pattern.match(key[len(best) :]) and not _is_ignorable(key[len(best) :]):
                     schemes[scheme] += 1
     if not schemes:
         return best, ""
@@ -189,8 +189,10 @@ class LoadReport:
         if self.unexpected:
             details.append("unexpected " + _abbreviate(self.unexpected))
         if self.mismatched:
-            details.append("mismatched " + _abbreviate(
-                [f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched]))
+            details.append(
+                "mismatched "
+                + _abbreviate([f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched])
+            )
         return text + (f" ({'; '.join(details)})" if details else "")
 
 
@@ -226,8 +228,9 @@ def _find_target(module: nn.Module) -> tuple[str, ResNet, str | None, FPN | None
     return prefix, resnet, fpn_prefix, fpn
 
 
-def _caffe_style(scheme: str, meta: dict[str, Any], names: list[str], keys: list[str],
-                 target_norm: str) -> bool | None:
+def _caffe_style(
+    scheme: str, meta: dict[str, Any], names: list[str], keys: list[str], target_norm: str
+) -> bool | None:
     """True for MSRA-style weights (stride in the 1x1), False for torchvision-style ones (stride
     in the 3x3), None when the checkpoint does not tell."""
     if scheme == "caffe2":
@@ -300,16 +303,16 @@ def load_backbone_weights(
             report.ignored.append(key)
             continue
         in_fpn = fpn_root is not None and key.startswith(fpn_root)
-        if in_fpn and _FPN_KEY.match(key[len(fpn_root):]):
+        if in_fpn and _FPN_KEY.match(key[len(fpn_root) :]):
             if fpn is None:
                 report.unexpected.append(key)
             else:
-                plan[key] = (key[len(fpn_root):], fpn)
+                plan[key] = (key[len(fpn_root) :], fpn)
             continue
         if not key.startswith(root):
             report.unexpected.append(key)
             continue
-        name = key[len(root):]
+        name = key[len(root) :]
         if _is_ignorable(name):
             report.ignored.append(key)
             continue
@@ -368,7 +371,8 @@ def load_backbone_weights(
                 report.notes.append("flipped conv1 input channels from BGR to RGB")
             if tuple(value.shape) != tuple(target.shape):
                 report.mismatched.append(
-                    (full_name[id(owner)] + name, tuple(value.shape), tuple(target.shape)))
+                    (full_name[id(owner)] + name, tuple(value.shape), tuple(target.shape))
+                )
                 continue
             target.copy_(value.to(dtype=target.dtype))
             loaded_rel[id(owner)].add(name)
@@ -379,9 +383,11 @@ def load_backbone_weights(
             if filled:
                 report.notes.append(
                     f"set running_mean=0, running_var=1-eps in {filled} norms (Caffe2 stores "
-                    "batch norms folded into scale and shift)")
-            report.notes.append("weights expect inputs with pixel std 1: set MODEL.PIXEL_STD to "
-                                "[1.0, 1.0, 1.0]")
+                    "batch norms folded into scale and shift)"
+                )
+            report.notes.append(
+                "weights expect inputs with pixel std 1: set MODEL.PIXEL_STD to [1.0, 1.0, 1.0]"
+            )
 
     checked = [resnet] + ([fpn] if any(o is fpn for _, o in plan.values()) else [])
     for owner in checked:  # an FPN the checkpoint says nothing about keeps its fresh init quietly
@@ -421,5 +427,8 @@ def _log(report: LoadReport) -> None:
     level = logging.INFO if report.ok else logging.WARNING
     logger.log(level, "%s", report)
     for note in report.notes:
-        logger.log(logging.WARNING if note.startswith("WARNING") else logging.INFO,
-                   "backbone weights: %s", note)
+        logger.log(
+            logging.WARNING if note.startswith("WARNING") else logging.INFO,
+            "backbone weights: %s",
+            note,
+        )

@@ -81,8 +81,12 @@ class CondInst(nn.Module):
         # The batch is padded so that every FPN level divides it exactly and the stride-4 GT grid fits.
         base = int(getattr(backbone, "size_divisibility", 0) or 1)
         self.size_divisibility = math.lcm(base, 32, mask_out_stride)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False
+        )
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -137,7 +141,10 @@ class CondInst(nn.Module):
             if not self.training:
                 return []  # nothing to predict: an empty list of results, like any batch
             raise ValueError("CondInst got an empty training batch")
-        images = [(s["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std for s in batch]
+        images = [
+            (s["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            for s in batch
+        ]
         padded, image_sizes = batch_images(images, self.size_divisibility)
         features = self.backbone(padded)
         mask_feats = self.mask_branch(features)
@@ -148,17 +155,25 @@ class CondInst(nn.Module):
 
     # --------------------------------------------------------------------------------------------
     def _losses(
-        self, batch: list[dict], outputs: FCOSOutputs, mask_feats: Tensor, padded_size: tuple[int, int]
+        self,
+        batch: list[dict],
+        outputs: FCOSOutputs,
+        mask_feats: Tensor,
+        padded_size: tuple[int, int],
     ) -> dict[str, Tensor]:
         gt_boxes, gt_classes, gt_masks = [], [], []
         for i, sample in enumerate(batch):
             if "instances" not in sample:
-                raise ValueError(f"training sample {i} ({sample.get('file_name', '?')}) has no 'instances'")
+                raise ValueError(
+                    f"training sample {i} ({sample.get('file_name', '?')}) has no 'instances'"
+                )
             inst = sample["instances"]
             gt_boxes.append(inst["boxes"].to(self.device, torch.float32))
             gt_classes.append(inst["classes"].to(self.device, torch.long))
             gt_masks.append(inst["masks"].to(self.device))
-        centers = [mask_centers_of_mass(m) for m in gt_masks] if self.center_sample_on_mask else None
+        centers = (
+            [mask_centers_of_mass(m) for m in gt_masks] if self.center_sample_on_mask else None
+        )
         targets = self.fcos.targets(outputs, gt_boxes, gt_classes, centers)
         losses, pos_mask = self.fcos.losses(outputs, targets)
 
@@ -171,7 +186,9 @@ class CondInst(nn.Module):
             # Zero-valued, but keeps the mask branch and controller in the graph (DDP needs them).
             losses["loss_mask"] = mask_feats.sum() * 0.0 + outputs.top_feats.sum() * 0.0
             return losses
-        out_stride = self.mask_branch.out_stride if self.mask_loss_at_feat_stride else self.mask_out_stride
+        out_stride = (
+            self.mask_branch.out_stride if self.mask_loss_at_feat_stride else self.mask_out_stride
+        )
         logits = self.mask_head(
             mask_feats,
             self.mask_branch.out_stride,
@@ -181,7 +198,9 @@ class CondInst(nn.Module):
             outputs.levels[loc_inds],
             out_stride=out_stride,
         )
-        gt_bitmasks = torch.cat([gt_bitmasks_at_stride(m, padded_size, out_stride) for m in gt_masks])
+        gt_bitmasks = torch.cat(
+            [gt_bitmasks_at_stride(m, padded_size, out_stride) for m in gt_masks]
+        )
         gt_bitmasks = gt_bitmasks[targets.gt_inds[im_inds, loc_inds]].to(logits.dtype)
         losses["loss_mask"] = self.mask_head.loss(logits, gt_bitmasks)
         return losses
@@ -258,6 +277,8 @@ class CondInst(nn.Module):
             p = probs[start : start + chunk]
             if factor > 1:
                 p = op_library(self.use_reference_ops).aligned_upsample(p, factor)
-            p = F.interpolate(p[:, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)
+            p = F.interpolate(
+                p[:, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False
+            )
             masks.append(p[:, 0] > self.mask_threshold)
         return torch.cat(masks)

@@ -90,11 +90,14 @@ class DynamicMaskHead(nn.Module):
             raise ConfigError(
                 f"config key 'MODEL.CONDINST.MASK_HEAD.NUM_LAYERS' must be >= 1, got {num_layers}"
             )
-        self.num_gen_params = dynamic_mask_head_num_params(in_channels, channels, num_layers, rel_coords)
-        self.register_buffer(
-            "sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.float32), persistent=False
+        self.num_gen_params = dynamic_mask_head_num_params(
+            in_channels, channels, num_layers, rel_coords
         )
-
+        self.register_buffer(
+            "sizes_of_interest",
+            torch.tensor(sizes_of_interest, dtype=torch.float32),
+            persistent=False,
+        )
 
     def forward(
         self,

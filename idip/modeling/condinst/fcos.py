@@ -16,7 +16,9 @@ from .fcos_targets import FCOSTargets, compute_fcos_targets
 
 def flatten_levels(per_level: list[Tensor]) -> Tensor:
     """L tensors [B, C, H_l, W_l] -> [B, sum_l H_l*W_l, C] (level-major, then row-major)."""
-    return torch.cat([x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1)
+    return torch.cat(
+        [x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level], dim=1
+    )
 
 
 @dataclass
@@ -64,11 +66,15 @@ class FCOS(nn.Module):
             )
         channels = {input_shape[f][0] for f in self.in_features}
         if len(channels) != 1:
-            raise ValueError(f"FCOS needs equal channels on {self.in_features}, got {sorted(channels)}")
+            raise ValueError(
+                f"FCOS needs equal channels on {self.in_features}, got {sorted(channels)}"
+            )
         self.in_channels = channels.pop()
         self.num_classes = int(c.NUM_CLASSES)
         if self.num_classes < 1:
-            raise ConfigError(f"config key 'MODEL.FCOS.NUM_CLASSES' must be >= 1, got {self.num_classes}")
+            raise ConfigError(
+                f"config key 'MODEL.FCOS.NUM_CLASSES' must be >= 1, got {self.num_classes}"
+            )
         self.sizes_of_interest = [float(s) for s in c.SIZES_OF_INTEREST]
         self.center_sample = bool(c.CENTER_SAMPLE)
         self.radius = float(c.POS_RADIUS)
@@ -92,7 +98,9 @@ class FCOS(nn.Module):
             centerness_on_reg=bool(c.CENTERNESS_ON_REG),
         )
 
-    def forward(self, features: dict[str, Tensor], top_module: nn.Module | None = None) -> FCOSOutputs:
+    def forward(
+        self, features: dict[str, Tensor], top_module: nn.Module | None = None
+    ) -> FCOSOutputs:
         """Runs the head on the FPN features and flattens its outputs over levels."""
         feats = [features[f] for f in self.in_features]
         logits, box_reg, ctrness, top_feats = self.head(feats, top_module)
@@ -136,7 +144,9 @@ class FCOS(nn.Module):
             gt_centers=gt_centers,
         )
 
-    def losses(self, outputs: FCOSOutputs, targets: FCOSTargets) -> tuple[dict[str, Tensor], Tensor]:
+    def losses(
+        self, outputs: FCOSOutputs, targets: FCOSTargets
+    ) -> tuple[dict[str, Tensor], Tensor]:
         """``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr`` and the [B, M] positive mask."""
         return fcos_losses(
             outputs.logits,
@@ -177,7 +187,14 @@ class FCOS(nn.Module):
             box_reg = box_reg * outputs.strides[None, :, None]
         results = []
         for i in range(probs.shape[0]):
-            cand_boxes, cand_scores, cand_labels, cand_locs, cand_levels, cand_params = [], [], [], [], [], []
+            cand_boxes, cand_scores, cand_labels, cand_locs, cand_levels, cand_params = (
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+            )
             start = 0
             for level in range(num_levels):
                 end = start + counts[level]

@@ -41,7 +41,9 @@ def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
     for _ in range(num_convs):
         layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=True))
         if norm == "GN":
-            layers.append(nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(channels, 32), channels))
+            layers.append(
+                nn.GroupNorm(32 if channels % 32 == 0 else math.gcd(channels, 32), channels)
+            )
         elif norm not in ("", "none"):
             raise ConfigError(f"config key 'MODEL.FCOS.NORM' must be 'GN' or '', got {norm!r}")
         layers.append(nn.ReLU(inplace=True))
@@ -79,7 +81,13 @@ class FCOSHead(nn.Module):
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)]) if use_scale else None
 
-        for module in (self.cls_tower, self.bbox_tower, self.cls_logits, self.bbox_pred, self.ctrness):
+        for module in (
+            self.cls_tower,
+            self.bbox_tower,
+            self.cls_logits,
+            self.bbox_pred,
+            self.ctrness,
+        ):
             for layer in module.modules():
                 if isinstance(layer, nn.Conv2d):
                     nn.init.normal_(layer.weight, std=0.01)

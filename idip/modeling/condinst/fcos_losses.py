@@ -109,9 +109,15 @@ def fcos_losses(
     if num_pos > 0:
         _, giou = ltrb_iou_giou(reg_pred, reg_target)
         loss_loc = ((1 - giou) * ctr_target).sum() / loss_denorm
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr_pred, ctr_target, reduction="sum") / num_pos_avg
+        loss_ctr = (
+            F.binary_cross_entropy_with_logits(ctr_pred, ctr_target, reduction="sum") / num_pos_avg
+        )
     else:
         # Keep every prediction in the graph so that DDP sees gradients for all parameters.
         loss_loc = box_reg.sum() * 0.0
         loss_ctr = ctrness.sum() * 0.0
-    return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}, pos_mask
+    return {
+        "loss_fcos_cls": loss_cls,
+        "loss_fcos_loc": loss_loc,
+        "loss_fcos_ctr": loss_ctr,
+    }, pos_mask

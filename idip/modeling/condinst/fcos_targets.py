@@ -30,7 +30,9 @@ def centerness_targets(reg_targets: Tensor) -> Tensor:
         return reg_targets.new_zeros(reg_targets.shape[0])
     lr = reg_targets[:, [0, 2]]
     tb = reg_targets[:, [1, 3]]
-    ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (tb.min(dim=1).values / tb.max(dim=1).values)
+    ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (
+        tb.min(dim=1).values / tb.max(dim=1).values
+    )
     return ratio.sqrt()
 
 
@@ -98,7 +100,9 @@ def compute_fcos_targets(
     all_locations = torch.cat(locations, dim=0)
     size_low = torch.cat([torch.full((n,), r[0], device=device) for n, r in zip(counts, ranges)])
     size_high = torch.cat([torch.full((n,), r[1], device=device) for n, r in zip(counts, ranges)])
-    loc_stride = torch.cat([torch.full((n,), float(s), device=device) for n, s in zip(counts, strides)])
+    loc_stride = torch.cat(
+        [torch.full((n,), float(s), device=device) for n, s in zip(counts, strides)]
+    )
     xs, ys = all_locations[:, 0], all_locations[:, 1]
     num_loc = all_locations.shape[0]
 
@@ -130,9 +134,14 @@ def compute_fcos_targets(
             y0 = torch.maximum(cy[None] - half, boxes[None, :, 1])
             x1 = torch.minimum(cx[None] + half, boxes[None, :, 2])
             y1 = torch.minimum(cy[None] + half, boxes[None, :, 3])
-            in_region = torch.stack(
-                [xs[:, None] - x0, ys[:, None] - y0, x1 - xs[:, None], y1 - ys[:, None]], dim=2
-            ).min(dim=2).values > 0
+            in_region = (
+                torch.stack(
+                    [xs[:, None] - x0, ys[:, None] - y0, x1 - xs[:, None], y1 - ys[:, None]], dim=2
+                )
+                .min(dim=2)
+                .values
+                > 0
+            )
         else:
             in_region = reg.min(dim=2).values > 0
 
@@ -159,5 +168,7 @@ def compute_fcos_targets(
         offset += boxes.shape[0]
 
     return FCOSTargets(
-        labels=torch.stack(labels_out), reg_targets=torch.stack(reg_out), gt_inds=torch.stack(inds_out)
+        labels=torch.stack(labels_out),
+        reg_targets=torch.stack(reg_out),
+        gt_inds=torch.stack(inds_out),
     )

@@ -10,7 +10,9 @@ from ..op_library import op_library
 
 def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
     if norm not in ("BN", "GN", "", "none"):
-        raise ConfigError(f"config key 'MODEL.CONDINST.MASK_BRANCH.NORM' must be 'BN', 'GN' or '', got {norm!r}")
+        raise ConfigError(
+            f"config key 'MODEL.CONDINST.MASK_BRANCH.NORM' must be 'BN', 'GN' or '', got {norm!r}"
+        )
     use_norm = norm in ("BN", "GN")
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not use_norm)
     nn.init.kaiming_uniform_(conv.weight, a=1)
@@ -56,7 +58,9 @@ class MaskBranch(nn.Module):
         self.refine = nn.ModuleList(
             [_conv_norm_relu(input_shape[f][0], channels, norm) for f in self.in_features]
         )
-        tower: list[nn.Module] = [_conv_norm_relu(channels, channels, norm) for _ in range(num_convs)]
+        tower: list[nn.Module] = [
+            _conv_norm_relu(channels, channels, norm) for _ in range(num_convs)
+        ]
         tower.append(nn.Conv2d(channels, out_channels, kernel_size=1))
         self.tower = nn.Sequential(*tower)
 

@@ -9,8 +9,8 @@ from ...config import ConfigError
 from ..backbone import build_backbone
 from ..box_ops import clip_boxes
 from ..build import register_meta_arch
-from ..mask_paste import paste_masks_in_image
 from ..image_batching import batch_images
+from ..mask_paste import paste_masks_in_image
 from ..op_library import op_library
 from ..poolers import box_lists_to_rois
 from .diffusion import DDIMSampler, DiffusionSchedule, prepare_diffusion_targets
@@ -92,7 +92,9 @@ class IDIP(nn.Module):
         ``TEST.SEED`` and ``TEST.DETECTIONS_PER_IMAGE``; every value checked."""
         c = cfg.MODEL.IDIP
         if c.NUM_PROPOSALS < 1:
-            raise ConfigError(f"config key 'MODEL.IDIP.NUM_PROPOSALS' must be >= 1 (got {c.NUM_PROPOSALS})")
+            raise ConfigError(
+                f"config key 'MODEL.IDIP.NUM_PROPOSALS' must be >= 1 (got {c.NUM_PROPOSALS})"
+            )
         if c.NUM_PROPOSALS_TEST < 0:
             raise ConfigError(
                 "config key 'MODEL.IDIP.NUM_PROPOSALS_TEST' must be >= 0 (0: NUM_PROPOSALS; "
@@ -144,7 +146,9 @@ class IDIP(nn.Module):
             norm_per_image=c.MASK_NORM_PER_IMAGE,
             use_reference_ops=reference,
         )
-        init_prior_bias([head, mask_head], c.NUM_CLASSES, c.PRIOR_PROB, by_shape=c.PRIOR_INIT_BY_SHAPE)
+        init_prior_bias(
+            [head, mask_head], c.NUM_CLASSES, c.PRIOR_PROB, by_shape=c.PRIOR_INIT_BY_SHAPE
+        )
         matcher = SimOTAMatcher(
             cls_weight=c.CLASS_WEIGHT,
             l1_weight=c.L1_WEIGHT,
@@ -175,7 +179,9 @@ class IDIP(nn.Module):
                 use_reference_ops=reference,
             )
         except ValueError as err:
-            raise ConfigError(f"config keys 'MODEL.IDIP.SAMPLE_STEP' / 'MODEL.IDIP.ETA': {err}") from None
+            raise ConfigError(
+                f"config keys 'MODEL.IDIP.SAMPLE_STEP' / 'MODEL.IDIP.ETA': {err}"
+            ) from None
         return dict(
             backbone=backbone,
             in_features=in_features,
@@ -187,7 +193,9 @@ class IDIP(nn.Module):
             num_classes=c.NUM_CLASSES,
             num_proposals=c.NUM_PROPOSALS,
             num_proposals_test=c.NUM_PROPOSALS_TEST or c.NUM_PROPOSALS,
-            size_divisibility=max(getattr(backbone, "size_divisibility", 0), cfg.INPUT.SIZE_DIVISIBILITY),
+            size_divisibility=max(
+                getattr(backbone, "size_divisibility", 0), cfg.INPUT.SIZE_DIVISIBILITY
+            ),
             pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
             pixel_std=list(cfg.MODEL.PIXEL_STD),
             nms_thresh=c.NMS_THRESH,
@@ -208,9 +216,13 @@ class IDIP(nn.Module):
     # -------------------------------------------------------------------------------------------
     def _images(self, batch: list[dict]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """Normalised padded images [B, 3, Hp, Wp], [B, 4] (w, h, w, h), per-image (h, w)."""
-        images = [(s["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for s in batch]
+        images = [
+            (s["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for s in batch
+        ]
         tensor, sizes = batch_images(images, self.size_divisibility)
-        image_size = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32, device=self.device)
+        image_size = torch.tensor(
+            [[w, h, w, h] for h, w in sizes], dtype=torch.float32, device=self.device
+        )
         return tensor, image_size, sizes
 
     def _features(self, images: Tensor) -> list[Tensor]:
@@ -237,7 +249,9 @@ class IDIP(nn.Module):
         targets = []
         for i, s in enumerate(batch):
             if "instances" not in s:
-                raise ValueError(f"training sample {i} (image_id {s.get('image_id')}) has no 'instances'")
+                raise ValueError(
+                    f"training sample {i} (image_id {s.get('image_id')}) has no 'instances'"
+                )
             inst = s["instances"]
             targets.append(
                 {
@@ -317,7 +331,9 @@ class IDIP(nn.Module):
             scores, idx = scores[above], idx[above]
             prop = idx // c
             labels = idx % c
-            keep = op_library(self.use_reference_ops).batched_nms(boxes[i, prop].float(), scores, labels, self.nms_thresh)
+            keep = op_library(self.use_reference_ops).batched_nms(
+                boxes[i, prop].float(), scores, labels, self.nms_thresh
+            )
             keep = keep[: self.detections_per_image]
             raw = boxes[i, prop[keep]]
             # After NMS, as detectron2's detector_postprocess in the authors' code: clip to the
@@ -326,7 +342,9 @@ class IDIP(nn.Module):
             nonempty = (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])
             keep = keep[nonempty]
             mask_boxes = raw[nonempty] if self.mask_from_unclipped_boxes else bx[nonempty]
-            kept.append((bx[nonempty], scores[keep], labels[keep], feats[i, prop[keep]], mask_boxes))
+            kept.append(
+                (bx[nonempty], scores[keep], labels[keep], feats[i, prop[keep]], mask_boxes)
+            )
 
         rois = box_lists_to_rois([k_[4] for k_ in kept])
         all_feats = torch.cat([k_[3] for k_ in kept])
@@ -348,5 +366,7 @@ class IDIP(nn.Module):
             else:
                 masks = torch.zeros((0, out_h, out_w), dtype=torch.bool, device=bx.device)
             start += num
-            results.append({"boxes": out_boxes, "scores": scores, "labels": labels.long(), "masks": masks})
+            results.append(
+                {"boxes": out_boxes, "scores": scores, "labels": labels.long(), "masks": masks}
+            )
         return results

@@ -88,8 +88,11 @@ class DiffusionSchedule(nn.Module):
         for name in ("betas", "alphas", "alphas_cumprod"):
             buf = getattr(self, name)
             if buf.dtype != torch.float64:
-                exact = {"betas": self._betas_host, "alphas": self._alphas_host,
-                         "alphas_cumprod": self.alphas_cumprod_host}[name]
+                exact = {
+                    "betas": self._betas_host,
+                    "alphas": self._alphas_host,
+                    "alphas_cumprod": self.alphas_cumprod_host,
+                }[name]
                 setattr(self, name, torch.tensor(exact, dtype=torch.float64, device=buf.device))
         return self
 
@@ -109,13 +112,17 @@ def _batch_randn(shape: tuple[int, ...], B: int, generator, device, dtype) -> Te
     """[B, *shape] standard normal draws; with a list of generators, image b's draws come from
     generator b alone (batch-independent results)."""
     if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generator])
+        return torch.stack(
+            [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generator]
+        )
     return torch.randn((B, *shape), generator=generator, device=device, dtype=dtype)
 
 
 def _check_image_size(image_size: Tensor, where: str) -> Tensor:
     if image_size.dim() != 2 or image_size.shape[1] != 4:
-        raise ValueError(f"{where}: image_size must be [B, 4] (w, h, w, h), got {tuple(image_size.shape)}")
+        raise ValueError(
+            f"{where}: image_size must be [B, 4] (w, h, w, h), got {tuple(image_size.shape)}"
+        )
     return image_size if image_size.is_floating_point() else image_size.float()
 
 
@@ -162,10 +169,14 @@ def prepare_diffusion_targets(
             f"prepare_diffusion_targets: got {len(gt_boxes)} gt_boxes tensors for {B} images"
         )
     if num_proposals < 1:
-        raise ValueError(f"prepare_diffusion_targets: num_proposals must be >= 1, got {num_proposals}")
+        raise ValueError(
+            f"prepare_diffusion_targets: num_proposals must be >= 1, got {num_proposals}"
+        )
     for i, g in enumerate(gt_boxes):
         if g.dim() != 2 or g.shape[1] != 4:
-            raise ValueError(f"prepare_diffusion_targets: gt_boxes[{i}] must be [G, 4], got {tuple(g.shape)}")
+            raise ValueError(
+                f"prepare_diffusion_targets: gt_boxes[{i}] must be [G, 4], got {tuple(g.shape)}"
+            )
     device, dtype, N = image_size.device, image_size.dtype, num_proposals
     ops = op_library(use_reference_ops)
 
@@ -182,7 +193,9 @@ def prepare_diffusion_targets(
         counts_np = np.asarray(counts, dtype=np.int64)
         offsets_np = np.cumsum(counts_np) - counts_np
         image_of_gt = np.repeat(np.arange(B, dtype=np.int64), counts_np)
-        all_cxcywh = box_xyxy_to_cxcywh(all_gt / image_size[torch.from_numpy(image_of_gt).to(device)])
+        all_cxcywh = box_xyxy_to_cxcywh(
+            all_gt / image_size[torch.from_numpy(image_of_gt).to(device)]
+        )
         gt_cxcywh = list(all_cxcywh.split(counts))
         # GT rows that enter x_start and the flat [B*N] slots they fill: on the host for images
         # with at most N boxes (all of their boxes, in order), on the device for random subsets.
@@ -195,7 +208,9 @@ def prepare_diffusion_targets(
             rows.append(chosen + int(offsets_np[b]))
             slots.append(torch.arange(b * N, b * N + N, device=device))
         rows_t, slots_t = torch.cat(rows), torch.cat(slots)
-        x_start = x_start.reshape(B * N, 4).index_copy(0, slots_t, all_cxcywh[rows_t]).reshape(B, N, 4)
+        x_start = (
+            x_start.reshape(B * N, 4).index_copy(0, slots_t, all_cxcywh[rows_t]).reshape(B, N, 4)
+        )
     else:
         gt_cxcywh = [torch.zeros(0, 4, device=device, dtype=dtype) for _ in range(B)]
     x_start = x_start * 2 - 1
@@ -293,14 +308,23 @@ class DDIMSampler:
             if isinstance(generator, (list, tuple)):
                 noise, renew = _batch_randn((2, N, 4), B, generator, device, dtype).unbind(1)
             else:
-                noise, renew = torch.randn(2, B, N, 4, generator=generator, device=device, dtype=dtype)
+                noise, renew = torch.randn(
+                    2, B, N, 4, generator=generator, device=device, dtype=dtype
+                )
             if self.box_renewal:
                 # max over classes commutes with the (monotone) sigmoid: sigmoid on [B, N] only.
                 keep = class_logits.amax(dim=-1).sigmoid() > self.renewal_threshold
             else:
                 keep = torch.ones(B, N, dtype=torch.bool, device=device)
             x_t, boxes = ops.box_ddim_step(
-                x_t, pred_boxes.to(dtype), image_size, alphas[t_now], alphas[t_next], self.eta,
-                keep, noise, renew,
+                x_t,
+                pred_boxes.to(dtype),
+                image_size,
+                alphas[t_now],
+                alphas[t_next],
+                self.eta,
+                keep,
+                noise,
+                renew,
             )
         return output

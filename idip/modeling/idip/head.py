@@ -31,7 +31,9 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.dim // 2
-        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / half))
+        freqs = torch.exp(
+            torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / half)
+        )
         args = t.to(torch.float32)[:, None] * freqs[None, :]
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
@@ -42,7 +44,10 @@ class TimeEncoder(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            SinusoidalTimeEmbedding(dim), nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim * 4)
+            SinusoidalTimeEmbedding(dim),
+            nn.Linear(dim, dim * 4),
+            nn.GELU(),
+            nn.Linear(dim * 4, dim * 4),
         )
 
     def forward(self, t: Tensor) -> Tensor:
@@ -115,12 +120,17 @@ class DynamicStage(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_attn_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            dim, num_attn_heads, dropout=dropout, batch_first=True
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.inst_interact = DynamicConv(dim, dim_dynamic, pooler_resolution, with_proj=True)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_feedforward, dim)
+            nn.Linear(dim, dim_feedforward),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(dim_feedforward, dim),
         )
         self.norm3 = nn.LayerNorm(dim)
         self.dropout1 = nn.Dropout(dropout)
@@ -151,11 +161,15 @@ class BoxHead(nn.Module):
         num_reg_layers: hidden layers of the regressor.
     """
 
-    def __init__(self, dim: int, num_classes: int, num_cls_layers: int = 1, num_reg_layers: int = 3):
+    def __init__(
+        self, dim: int, num_classes: int, num_cls_layers: int = 1, num_reg_layers: int = 3
+    ):
         super().__init__()
 
         def block() -> nn.Module:
-            return nn.Sequential(nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True)
+            )
 
         self.time_mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim * 4, dim * 2))
         self.cls_layers = nn.Sequential(*[block() for _ in range(num_cls_layers)])
@@ -175,8 +189,9 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1 - prior_prob) / prior_prob)
 
 
-def init_prior_bias(modules: list[nn.Module], num_classes: int, prior_prob: float,
-                    by_shape: bool) -> None:
+def init_prior_bias(
+    modules: list[nn.Module], num_classes: int, prior_prob: float, by_shape: bool
+) -> None:
     """Sets the focal-loss prior in the class outputs of IDIP's box and mask heads.
 
     ``by_shape`` is the authors' rule: every parameter whose last dimension is ``num_classes``
@@ -230,9 +245,13 @@ class IDIPHead(nn.Module):
         use_reference_ops: bool = False,
     ):
         super().__init__()
-        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, use_reference_ops)
+        self.pooler = MultiLevelRoIPooler(
+            pooler_resolution, strides, sampling_ratio, use_reference_ops
+        )
         self.stages = nn.ModuleList(
-            DynamicStage(dim, num_attn_heads, dim_feedforward, dim_dynamic, pooler_resolution, dropout)
+            DynamicStage(
+                dim, num_attn_heads, dim_feedforward, dim_dynamic, pooler_resolution, dropout
+            )
             for _ in range(num_stages)
         )
         self.time_encoders = nn.ModuleList(TimeEncoder(dim) for _ in range(num_stages))

@@ -19,7 +19,9 @@ from .matcher import SimOTAMatcher
 _MASK_CHUNK = 32
 
 
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
     """Summed sigmoid focal loss (Lin et al. 2017) of [..., C] logits against {0, 1} targets."""
     p = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -40,8 +42,9 @@ def linear_dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
     return (1 - 2 * inter / union).sum()
 
 
-def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int,
-                          use_reference_ops: bool = False) -> Tensor:
+def crop_and_resize_masks(
+    masks: Tensor, gt_index: Tensor, boxes: Tensor, size: int, use_reference_ops: bool = False
+) -> Tensor:
     """detectron2's BitMasks.crop_and_resize: RoIAlign (aligned, adaptive sampling) of each
     selected bitmask inside its box, thresholded at 0.5.
 
@@ -63,7 +66,9 @@ def crop_and_resize_masks(masks: Tensor, gt_index: Tensor, boxes: Tensor, size: 
     for start in range(0, unique.shape[0], _MASK_CHUNK):
         chunk = unique[start : start + _MASK_CHUNK]
         rows = ((inverse >= start) & (inverse < start + chunk.shape[0])).nonzero(as_tuple=True)[0]
-        rois = torch.cat([(inverse[rows] - start).to(torch.float32)[:, None], boxes[rows].float()], dim=1)
+        rois = torch.cat(
+            [(inverse[rows] - start).to(torch.float32)[:, None], boxes[rows].float()], dim=1
+        )
         crops = op_library(use_reference_ops).roi_align(
             masks[chunk][:, None].float(), rois, (size, size), 1.0, 0, True
         )
@@ -105,7 +110,12 @@ class IDIPCriterion(nn.Module):
         super().__init__()
         self.matcher = matcher
         self.use_reference_ops = bool(use_reference_ops)
-        self.weights = {"loss_cls": cls_weight, "loss_l1": l1_weight, "loss_giou": giou_weight, "loss_mask": mask_weight}
+        self.weights = {
+            "loss_cls": cls_weight,
+            "loss_l1": l1_weight,
+            "loss_giou": giou_weight,
+            "loss_mask": mask_weight,
+        }
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
@@ -140,9 +150,13 @@ class IDIPCriterion(nn.Module):
         logits, boxes, feats = out["logits"], out["boxes"], out["proposal_feat"]
         b, n, c = logits.shape
         labels = torch.zeros_like(logits)
-        pred_boxes, gt_boxes, sizes, dets, images, roi_feats, gt_classes, mask_targets = ([] for _ in range(8))
+        pred_boxes, gt_boxes, sizes, dets, images, roi_feats, gt_classes, mask_targets = (
+            [] for _ in range(8)
+        )
         for i, target in enumerate(targets):
-            fg_mask, matched = self.matcher(logits[i], boxes[i], target["classes"], target["boxes"], image_size[i])
+            fg_mask, matched = self.matcher(
+                logits[i], boxes[i], target["classes"], target["boxes"], image_size[i]
+            )
             if matched.numel() == 0:
                 continue
             fg = fg_mask.nonzero(as_tuple=True)[0]
@@ -175,9 +189,17 @@ class IDIPCriterion(nn.Module):
             probs = mask_logits[torch.arange(num_matched, device=cls.device), cls].sigmoid()
             side = probs.shape[-1]
             target_masks = torch.cat(
-                [crop_and_resize_masks(m, idx, det, side, self.use_reference_ops) for m, idx, det in mask_targets]
+                [
+                    crop_and_resize_masks(m, idx, det, side, self.use_reference_ops)
+                    for m, idx, det in mask_targets
+                ]
             ).to(probs.dtype)
             loss_mask = linear_dice_loss(probs, target_masks)
-            losses = {"loss_cls": loss_cls, "loss_l1": loss_l1, "loss_giou": loss_giou, "loss_mask": loss_mask}
+            losses = {
+                "loss_cls": loss_cls,
+                "loss_l1": loss_l1,
+                "loss_giou": loss_giou,
+                "loss_mask": loss_mask,
+            }
         normaliser = float(max(num_matched, 1))
         return {name: value / normaliser for name, value in losses.items()}

@@ -46,8 +46,14 @@ class MaskHead(nn.Module):
         use_reference_ops: bool = False,
     ):
         super().__init__()
-        self.pooler = MultiLevelRoIPooler(pooler_resolution, strides, sampling_ratio, use_reference_ops)
-        self.dynamic = DynamicConv(dim, dim_dynamic, pooler_resolution, with_proj=False) if with_dynamic else None
+        self.pooler = MultiLevelRoIPooler(
+            pooler_resolution, strides, sampling_ratio, use_reference_ops
+        )
+        self.dynamic = (
+            DynamicConv(dim, dim_dynamic, pooler_resolution, with_proj=False)
+            if with_dynamic
+            else None
+        )
         layers = []
         for _ in range(num_convs):
             layers.append(nn.Conv2d(dim, dim, 3, padding=1, bias=not norm))

@@ -37,7 +37,12 @@ class SimOTAMatcher:
 
     @torch.no_grad()
     def __call__(
-        self, logits: Tensor, boxes: Tensor, gt_classes: Tensor, gt_boxes: Tensor, image_size: Tensor
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        gt_classes: Tensor,
+        gt_boxes: Tensor,
+        image_size: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Matches one image.
 
@@ -56,7 +61,9 @@ class SimOTAMatcher:
         g = gt_boxes.shape[0]
         device = boxes.device
         if g == 0 or n == 0:
-            return torch.zeros(n, dtype=torch.bool, device=device), torch.zeros(0, dtype=torch.long, device=device)
+            return torch.zeros(n, dtype=torch.bool, device=device), torch.zeros(
+                0, dtype=torch.long, device=device
+            )
         boxes = boxes.float()
         gt_boxes = gt_boxes.float()
         image_size = image_size.float()
@@ -93,7 +100,12 @@ class SimOTAMatcher:
         cxcywh = box_xyxy_to_cxcywh(boxes)
         px, py = cxcywh[:, 0:1], cxcywh[:, 1:2]  # [N, 1]
         pw, ph = cxcywh[:, 2:3], cxcywh[:, 3:4]
-        gx1, gy1, gx2, gy2 = gt_boxes[None, :, 0], gt_boxes[None, :, 1], gt_boxes[None, :, 2], gt_boxes[None, :, 3]
+        gx1, gy1, gx2, gy2 = (
+            gt_boxes[None, :, 0],
+            gt_boxes[None, :, 1],
+            gt_boxes[None, :, 2],
+            gt_boxes[None, :, 3],
+        )
         in_box = (px > gx1) & (px < gx2) & (py > gy1) & (py < gy2)
         gcx, gcy = (gx1 + gx2) / 2, (gy1 + gy2) / 2
         rx, ry = self.center_radius * pw, self.center_radius * ph

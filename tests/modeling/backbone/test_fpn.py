@@ -55,8 +55,9 @@ def test_top_down_pathway_and_p6p7_by_hand(resnet18):
         lat3 = fpn.fpn_lateral3(feats["res3"]) + _upsample2(lat4)
         p5 = fpn.fpn_output5(lat5)
         p6 = F.conv2d(p5, fpn.top_block.p6.weight, fpn.top_block.p6.bias, stride=2, padding=1)
-        p7 = F.conv2d(F.relu(p6), fpn.top_block.p7.weight, fpn.top_block.p7.bias, stride=2,
-                      padding=1)
+        p7 = F.conv2d(
+            F.relu(p6), fpn.top_block.p7.weight, fpn.top_block.p7.bias, stride=2, padding=1
+        )
     torch.testing.assert_close(out["p5"], p5)
     torch.testing.assert_close(out["p4"], fpn.fpn_output4(lat4))
     torch.testing.assert_close(out["p3"], fpn.fpn_output3(lat3))

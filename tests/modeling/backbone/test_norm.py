@@ -39,8 +39,9 @@ def test_frozen_bn_default_is_identity_and_has_no_parameters():
 
 def test_convert_frozen_batchnorm_replaces_nested_layers_and_keeps_outputs():
     g = torch.Generator().manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3).double(), _random_bn(4, g),
-                          nn.Sequential(nn.ReLU(), _random_bn(4, g)))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3).double(), _random_bn(4, g), nn.Sequential(nn.ReLU(), _random_bn(4, g))
+    )
     model.eval()
     x = torch.randn(1, 3, 8, 8, generator=g, dtype=torch.float64)
     expected = model(x)

@@ -63,8 +63,15 @@ def test_matches_torchvision_after_loading_its_state_dict(depth, norm):
     assert any(k.startswith("fc.") for k in report.ignored)
 
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    trunk = nn.Sequential(reference.conv1, reference.bn1, reference.relu, reference.maxpool,
-                          reference.layer1, reference.layer2, reference.layer3)
+    trunk = nn.Sequential(
+        reference.conv1,
+        reference.bn1,
+        reference.relu,
+        reference.maxpool,
+        reference.layer1,
+        reference.layer2,
+        reference.layer3,
+    )
     with torch.no_grad():
         res4 = trunk(x)
         res5 = reference.layer4(res4)
@@ -96,14 +103,22 @@ def _trainable_groups(model: ResNet) -> dict[str, bool]:
 @pytest.mark.parametrize("freeze_at", [0, 1, 2, 3, 5])
 def test_freeze_at(freeze_at):
     model = ResNet(18, norm="BN", freeze_at=freeze_at)
-    expected = {"stem": freeze_at < 1, "res2": freeze_at < 2, "res3": freeze_at < 3,
-                "res4": freeze_at < 4, "res5": freeze_at < 5}
+    expected = {
+        "stem": freeze_at < 1,
+        "res2": freeze_at < 2,
+        "res3": freeze_at < 3,
+        "res4": freeze_at < 4,
+        "res5": freeze_at < 5,
+    }
     assert _trainable_groups(model) == expected
     # Frozen parts carry FrozenBatchNorm2d, trainable parts keep BatchNorm2d.
     assert isinstance(model.bn1, FrozenBatchNorm2d) == (freeze_at >= 1)
     for i in range(1, 5):
-        norms = [m for m in getattr(model, f"layer{i}").modules()
-                 if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+        norms = [
+            m
+            for m in getattr(model, f"layer{i}").modules()
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))
+        ]
         frozen = [isinstance(m, FrozenBatchNorm2d) for m in norms]
         assert all(frozen) if freeze_at >= i + 1 else not any(frozen)
     for name, param in model.named_parameters():
@@ -138,11 +153,14 @@ def test_other_norms_run(norm):
     assert (model.conv1.bias is not None) == (norm == "")
 
 
-@pytest.mark.parametrize("depth, stem, res2, expected", [
-    (18, 32, 32, (32, 64, 128, 256)),
-    (18, 16, 48, (48, 96, 192, 384)),
-    (50, 32, 128, (128, 256, 512, 1024)),
-])
+@pytest.mark.parametrize(
+    "depth, stem, res2, expected",
+    [
+        (18, 32, 32, (32, 64, 128, 256)),
+        (18, 16, 48, (48, 96, 192, 384)),
+        (50, 32, 128, (128, 256, 512, 1024)),
+    ],
+)
 def test_thinner_widths(depth, stem, res2, expected):
     model = ResNet(depth, norm="BN", stem_channels=stem, res2_channels=res2)
     assert model.conv1.out_channels == stem and model.bn1.num_features == stem

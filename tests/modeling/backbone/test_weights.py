@@ -60,8 +60,9 @@ def random_state_dict(shapes, seed=0) -> dict[str, torch.Tensor]:
 SMALL = ("res2", "res3")  # bottleneck stages enough to cover every block kind, in less time
 
 
-def source_model(depth=18, stride_in_1x1=False, seed=0,
-                 out_features=("res2", "res3", "res4", "res5")) -> ResNet:
+def source_model(
+    depth=18, stride_in_1x1=False, seed=0, out_features=("res2", "res3", "res4", "res5")
+) -> ResNet:
     """A ResNet with random weights and non-trivial BN statistics, in eval mode."""
     torch.manual_seed(seed)
     model = ResNet(depth, out_features=out_features, norm="BN", stride_in_1x1=stride_in_1x1)
@@ -85,7 +86,7 @@ def torchvision_to_detectron2(name: str) -> str:
         return "stem.conv1.norm." + parts[1]
     if parts[0] == "fc":
         return "stem.fc." + parts[1]
-    stage = "res" + str(int(parts[0][len("layer"):]) + 1)
+    stage = "res" + str(int(parts[0][len("layer") :]) + 1)
     block, layer, rest = parts[1], parts[2], parts[3:]
     if layer == "downsample":
         layer, rest = ("shortcut", rest[1:]) if rest[0] == "0" else ("shortcut.norm", rest[1:])
@@ -102,7 +103,7 @@ def torchvision_to_caffe2(name: str) -> str:
         return "conv1_w"
     if parts[0] == "bn1":
         return "res_conv1_bn_" + field[parts[1]]
-    stage = int(parts[0][len("layer"):]) + 1
+    stage = int(parts[0][len("layer") :]) + 1
     block = parts[1]
     if parts[2] == "downsample":
         branch = "1"
@@ -171,12 +172,17 @@ def test_torchvision_pth_file_and_whole_model_targets(tmp_path):
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_detectron2_pkl_from_torchvision_names(tmp_path, protocol):
     source = source_model(18, seed=5)
-    d2 = {torchvision_to_detectron2(k): v.numpy() for k, v in source.state_dict().items()
-          if not k.endswith("num_batches_tracked")}
+    d2 = {
+        torchvision_to_detectron2(k): v.numpy()
+        for k, v in source.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert "res2.0.conv1.norm.running_var" in d2 and "res3.0.shortcut.norm.weight" in d2
-    path = save_pkl(tmp_path / "R-18.pkl",
-                    {"model": d2, "__author__": "torchvision", "matching_heuristics": True},
-                    protocol)
+    path = save_pkl(
+        tmp_path / "R-18.pkl",
+        {"model": d2, "__author__": "torchvision", "matching_heuristics": True},
+        protocol,
+    )
     model = ResNet(18).eval()
     report = load_backbone_weights(model, path)
     assert report.ok and report.format == "detectron2", str(report)
@@ -187,25 +193,28 @@ def test_detectron2_pkl_from_torchvision_names(tmp_path, protocol):
 
 def test_detectron2_full_model_checkpoint_loads_resnet_and_fpn(tmp_path):
     torch.manual_seed(11)
-    source = FPN(source_model(18, seed=11), ["res3", "res4", "res5"], out_channels=32,
-                 top_block="P6P7").eval()
+    source = FPN(
+        source_model(18, seed=11), ["res3", "res4", "res5"], out_channels=32, top_block="P6P7"
+    ).eval()
     d2 = {}
     for key, value in source.state_dict().items():
         if key.endswith("num_batches_tracked"):
             continue
         if key.startswith("bottom_up."):
-            key = "bottom_up." + torchvision_to_detectron2(key[len("bottom_up."):])
+            key = "bottom_up." + torchvision_to_detectron2(key[len("bottom_up.") :])
         d2["backbone." + key] = value.numpy()
     assert "backbone.fpn_lateral3.weight" in d2 and "backbone.top_block.p7.bias" in d2
     d2["roi_heads.box_predictor.cls_score.weight"] = np.zeros((81, 1024), np.float32)
-    path = save_pkl(tmp_path / "model_final.pkl",
-                    {"model": d2, "__author__": "Detectron2 Model Zoo"})
+    path = save_pkl(
+        tmp_path / "model_final.pkl", {"model": d2, "__author__": "Detectron2 Model Zoo"}
+    )
 
     class Detector(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = FPN(ResNet(18), ["res3", "res4", "res5"], out_channels=32,
-                                top_block="P6P7")
+            self.backbone = FPN(
+                ResNet(18), ["res3", "res4", "res5"], out_channels=32, top_block="P6P7"
+            )
 
     model = Detector().eval()
     report = load_backbone_weights(model, path)
@@ -271,19 +280,24 @@ def test_detectron2_msra_author_or_missing_stats_is_caffe_style():
             names[torchvision_to_caffe2(key)] = torchvision_to_detectron2(key)
     d2 = {names[k]: v for k, v in blobs.items() if k in names}
     with pytest.raises(CheckpointError, match="stride_in_1x1=True"):
-        load_backbone_weights(ResNet(50, out_features=SMALL),
-                              {"model": d2, "__author__": "unknown"})
+        load_backbone_weights(
+            ResNet(50, out_features=SMALL), {"model": d2, "__author__": "unknown"}
+        )
     model = ResNet(50, out_features=SMALL, stride_in_1x1=True).eval()
     report = load_backbone_weights(model, {"model": d2, "__author__": "MSRA"})
     assert report.ok, str(report)
-    torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"], rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        outputs(model)["res3"], outputs(source)["res3"], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_torchvision_style_weights_and_stride_in_1x1_model():
     source = source_model(50, out_features=SMALL)
-    d2 = {torchvision_to_detectron2(k): v.numpy() for k, v in source.state_dict().items()
-          if not k.endswith("num_batches_tracked")}
+    d2 = {
+        torchvision_to_detectron2(k): v.numpy()
+        for k, v in source.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     caffe_model = ResNet(50, out_features=SMALL, stride_in_1x1=True)
     with pytest.raises(CheckpointError, match="stride_in_1x1=False"):
         load_backbone_weights(caffe_model, {"model": d2, "__author__": "torchvision"})

@@ -59,7 +59,9 @@ def shapes_samples(num: int, height: int = 96, width: int = 128, seed: int = 0) 
         masks_t = torch.stack(masks)
         for m in masks_t:
             yy, xx = m.nonzero(as_tuple=True)
-            boxes.append([xx.min().item(), yy.min().item(), xx.max().item() + 1, yy.max().item() + 1])
+            boxes.append(
+                [xx.min().item(), yy.min().item(), xx.max().item() + 1, yy.max().item() + 1]
+            )
         samples.append(
             {
                 "image": image.to(torch.uint8),
@@ -110,9 +112,13 @@ def test_max_proposals_limits_the_mask_loss_instances(monkeypatch):
     model.train()
     seen = []
     original = model.mask_head.loss
-    monkeypatch.setattr(model.mask_head, "loss", lambda l, t: (seen.append((l.shape, t.shape)), original(l, t))[1])
+    monkeypatch.setattr(
+        model.mask_head,
+        "loss",
+        lambda logits, t: (seen.append((logits.shape, t.shape)), original(logits, t))[1],
+    )
     model(shapes_samples(2))
-    (logit_shape, target_shape), = seen
+    ((logit_shape, target_shape),) = seen
     assert logit_shape[0] == 3 and target_shape[0] == 3
     # Default: stride-4 logits for a 96x128 input -> 24x32.
     assert tuple(logit_shape[-2:]) == (24, 32) and tuple(target_shape[-2:]) == (24, 32)
@@ -125,9 +131,13 @@ def test_mask_loss_at_feature_stride_switch(monkeypatch):
     model.train()
     seen = []
     original = model.mask_head.loss
-    monkeypatch.setattr(model.mask_head, "loss", lambda l, t: (seen.append((l.shape, t.shape)), original(l, t))[1])
+    monkeypatch.setattr(
+        model.mask_head,
+        "loss",
+        lambda logits, t: (seen.append((logits.shape, t.shape)), original(logits, t))[1],
+    )
     losses = model(shapes_samples(2))
-    (logit_shape, target_shape), = seen
+    ((logit_shape, target_shape),) = seen
     assert tuple(logit_shape[-2:]) == (12, 16) and tuple(target_shape[-2:]) == (12, 16)
     assert torch.isfinite(losses["loss_mask"])
 
@@ -214,7 +224,9 @@ def test_compiled_ops_match_reference_ops(device):
         model.train()
         outs[use_reference] = {k: v.item() for k, v in model(samples).items()}
     for name in outs[True]:
-        assert abs(outs[True][name] - outs[False][name]) < 1e-3 * max(1.0, abs(outs[True][name])), name
+        assert abs(outs[True][name] - outs[False][name]) < 1e-3 * max(1.0, abs(outs[True][name])), (
+            name
+        )
 
 
 def test_bfloat16_autocast_on_cpu_trains_and_infers():

@@ -53,14 +53,21 @@ def test_decoding_scores_and_threshold_with_centerness():
     out = _outputs(
         probs=[[0.9, 0.01], [0.2, 0.01], [0.01, 0.01], [0.01, 0.6]],
         ctr=[0.5, 0.2, 0.9, 0.5],
-        reg=[[1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0], [1.0, 0.5, 2.0, 0.25]],
+        reg=[
+            [1.0, 1.0, 1.0, 1.0],
+            [0.5, 0.5, 0.5, 0.5],
+            [1.0, 1.0, 1.0, 1.0],
+            [1.0, 0.5, 2.0, 0.25],
+        ],
     )
     (det,) = fcos.predict(out, _nms)
     # 0.9*0.5 = 0.45 and 0.6*0.5 = 0.3 pass 0.05; 0.2*0.2 = 0.04 does not.
     assert det["labels"].tolist() == [0, 1]
     torch.testing.assert_close(det["scores"], torch.tensor([0.45, 0.3]).sqrt())
     # Distances are in strides: location (4, 4), (1,1,1,1)*8; location (8, 8), (1,.5,2,.25)*16.
-    torch.testing.assert_close(det["boxes"], torch.tensor([[-4.0, -4.0, 12.0, 12.0], [-8.0, 0.0, 40.0, 12.0]]))
+    torch.testing.assert_close(
+        det["boxes"], torch.tensor([[-4.0, -4.0, 12.0, 12.0], [-8.0, 0.0, 40.0, 12.0]])
+    )
     assert det["levels"].tolist() == [0, 1]
     torch.testing.assert_close(det["locations"], torch.tensor([[4.0, 4.0], [8.0, 8.0]]))
     torch.testing.assert_close(det["params"], torch.tensor([[0.0, 1.0, 2.0], [9.0, 10.0, 11.0]]))

@@ -66,8 +66,10 @@ def test_fcos_losses_normalisation():
     giou = iou - (20 - 18) / 20
     # Weighted by the centerness target and divided by its sum -> just 1 - giou.
     torch.testing.assert_close(losses["loss_fcos_loc"], torch.tensor(1 - giou))
-    bce = -(ctr_t * math.log(torch.sigmoid(torch.tensor(0.3)).item())
-            + (1 - ctr_t) * math.log(1 - torch.sigmoid(torch.tensor(0.3)).item()))
+    bce = -(
+        ctr_t * math.log(torch.sigmoid(torch.tensor(0.3)).item())
+        + (1 - ctr_t) * math.log(1 - torch.sigmoid(torch.tensor(0.3)).item())
+    )
     torch.testing.assert_close(losses["loss_fcos_ctr"], torch.tensor(bce), rtol=1e-5, atol=1e-6)
 
 
@@ -76,7 +78,9 @@ def test_fcos_losses_without_positives_are_finite_and_differentiable():
     box_reg = torch.rand(2, 4, 4, requires_grad=True)
     ctr = torch.randn(2, 4, requires_grad=True)
     targets = FCOSTargets(
-        labels=torch.full((2, 4), 3), reg_targets=torch.zeros(2, 4, 4), gt_inds=torch.full((2, 4), -1)
+        labels=torch.full((2, 4), 3),
+        reg_targets=torch.zeros(2, 4, 4),
+        gt_inds=torch.full((2, 4), -1),
     )
     losses, pos = fcos_losses(logits, box_reg, ctr, targets, num_classes=3)
     assert not pos.any()

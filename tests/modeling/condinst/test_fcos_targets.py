@@ -37,26 +37,30 @@ def _positives(targets, image=0):
     offsets = _level_offsets()
     out = {}
     for idx in (targets.labels[image] != NUM_CLASSES).nonzero().squeeze(1).tolist():
-        level = max(l for l in range(len(STRIDES)) if offsets[l] <= idx)
+        level = max(lv for lv in range(len(STRIDES)) if offsets[lv] <= idx)
         out.setdefault(level, set()).add(tuple(int(v) for v in locs[idx].tolist()))
     return out
 
 
 def _targets(boxes, classes, **kw):
-    return compute_fcos_targets(
-        _locations(), STRIDES, SOI, boxes, classes, NUM_CLASSES, **kw
-    )
+    return compute_fcos_targets(_locations(), STRIDES, SOI, boxes, classes, NUM_CLASSES, **kw)
 
 
 def test_compute_locations_cell_centres():
     loc = compute_locations(2, 3, 8, torch.device("cpu"))
-    expected = torch.tensor([[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]], dtype=torch.float32
+    )
     torch.testing.assert_close(loc, expected)
 
 
 def test_size_ranges():
     assert size_ranges_from_sizes_of_interest([64, 128, 256, 512]) == [
-        (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF)
+        (-1.0, 64.0),
+        (64.0, 128.0),
+        (128.0, 256.0),
+        (256.0, 512.0),
+        (512.0, INF),
     ]
 
 
@@ -75,7 +79,9 @@ def test_small_box_goes_to_p3_with_centre_sampling():
 
 def test_small_box_without_centre_sampling_takes_every_inside_location():
     # Cell centres strictly inside (96, 136): 100, 108, 116, 124, 132 -> 25 on P3.
-    t = _targets([torch.tensor([[96.0, 96.0, 136.0, 136.0]])], [torch.tensor([0])], center_sample=False)
+    t = _targets(
+        [torch.tensor([[96.0, 96.0, 136.0, 136.0]])], [torch.tensor([0])], center_sample=False
+    )
     pos = _positives(t)
     assert set(pos) == {0}
     assert pos[0] == {(x, y) for x in (100, 108, 116, 124, 132) for y in (100, 108, 116, 124, 132)}
@@ -97,7 +103,9 @@ def test_regression_targets_normalised_by_stride():
     idx = ((locs[:, 0] == 116) & (locs[:, 1] == 108)).nonzero()[0, 0]  # a P3 location
     # l = 20, t = 12, r = 20, b = 28 pixels; / stride 8.
     torch.testing.assert_close(t.reg_targets[0, idx], torch.tensor([2.5, 1.5, 2.5, 3.5]))
-    t_raw = _targets([torch.tensor([[96.0, 96.0, 136.0, 136.0]])], [torch.tensor([0])], norm_reg_targets=False)
+    t_raw = _targets(
+        [torch.tensor([[96.0, 96.0, 136.0, 136.0]])], [torch.tensor([0])], norm_reg_targets=False
+    )
     torch.testing.assert_close(t_raw.reg_targets[0, idx], torch.tensor([20.0, 12.0, 20.0, 28.0]))
 
 

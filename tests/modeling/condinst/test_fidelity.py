@@ -13,9 +13,15 @@ from idip.config import get_cfg
 from .test_condinst_model import _build, shapes_samples, tiny_cfg
 
 
-@pytest.mark.parametrize("config", ["configs/CondInst_R50_1x.yaml", "configs/CondInst_R50_3x.yaml",
-                                    "configs/CondInst_R101_3x.yaml",
-                                    "configs/shapes/CondInst_R18.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/CondInst_R50_1x.yaml",
+        "configs/CondInst_R50_3x.yaml",
+        "configs/CondInst_R101_3x.yaml",
+        "configs/shapes/CondInst_R18.yaml",
+    ],
+)
 def test_configs_sample_positives_around_mask_centres(config):
     cfg = get_cfg()
     cfg.merge_from_file(config)
@@ -33,12 +39,16 @@ def test_training_targets_use_the_mask_centre_of_mass(on_mask):
     mask = np.zeros((96, 128), dtype=bool)
     mask[10:70, 20:30] = True
     mask[60:70, 20:100] = True
-    sample["instances"] = {"boxes": torch.tensor([[20.0, 10, 100, 70]]),
-                           "classes": torch.tensor([1]), "masks": torch.from_numpy(mask)[None]}
+    sample["instances"] = {
+        "boxes": torch.tensor([[20.0, 10, 100, 70]]),
+        "classes": torch.tensor([1]),
+        "masks": torch.from_numpy(mask)[None],
+    }
     seen = []
     real = model.fcos.targets
-    model.fcos.targets = lambda outputs, boxes, classes, centers: seen.append(centers) or real(
-        outputs, boxes, classes, centers)
+    model.fcos.targets = lambda outputs, boxes, classes, centers: (
+        seen.append(centers) or real(outputs, boxes, classes, centers)
+    )
     model([sample])
     if not on_mask:
         assert seen == [None]

@@ -7,25 +7,52 @@ import time
 import pytest
 import torch
 
+import idip.data.shapes as shapes  # noqa: E402
 from idip.config import get_cfg
 from idip.modeling import build_model
-
-import idip.data.shapes as shapes  # noqa: E402
-
 
 
 def tiny_cfg(**overrides):
     cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.META_ARCHITECTURE", "IDIP", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN",
-        "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.IDIP.NUM_CLASSES", 4, "MODEL.IDIP.HIDDEN_DIM", 32,
-        "MODEL.IDIP.NUM_PROPOSALS", 12, "MODEL.IDIP.NUM_HEADS", 2, "MODEL.IDIP.DIM_DYNAMIC", 8,
-        "MODEL.IDIP.DIM_FEEDFORWARD", 64, "MODEL.IDIP.NHEADS", 4, "MODEL.IDIP.MASK_NUM_CONVS", 1,
-        "MODEL.IDIP.SAMPLE_STEP", 2,
-        # 4 classes: the authors' prior rule would also hit the box regressor (see the defaults)
-        "MODEL.IDIP.PRIOR_INIT_BY_SHAPE", False,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE",
+            "IDIP",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.BACKBONE.FREEZE_AT",
+            0,
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.NORM",
+            "BN",
+            "MODEL.FPN.OUT_CHANNELS",
+            32,
+            "MODEL.IDIP.NUM_CLASSES",
+            4,
+            "MODEL.IDIP.HIDDEN_DIM",
+            32,
+            "MODEL.IDIP.NUM_PROPOSALS",
+            12,
+            "MODEL.IDIP.NUM_HEADS",
+            2,
+            "MODEL.IDIP.DIM_DYNAMIC",
+            8,
+            "MODEL.IDIP.DIM_FEEDFORWARD",
+            64,
+            "MODEL.IDIP.NHEADS",
+            4,
+            "MODEL.IDIP.MASK_NUM_CONVS",
+            1,
+            "MODEL.IDIP.SAMPLE_STEP",
+            2,
+            # 4 classes: the authors' prior rule would also hit the box regressor (see the defaults)
+            "MODEL.IDIP.PRIOR_INIT_BY_SHAPE",
+            False,
+        ]
+    )
     for k, v in overrides.items():
         cfg.merge_from_list([k, v])
     return cfg
@@ -46,8 +73,16 @@ def shapes_sample(index: int, size: int | None = None) -> dict:
         ys, xs = m.nonzero(as_tuple=True)
         boxes.append([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1])
     return {
-        "image": img, "height": h, "width": w, "image_id": index, "file_name": f"{index}.png",
-        "instances": {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "classes": classes, "masks": masks},
+        "image": img,
+        "height": h,
+        "width": w,
+        "image_id": index,
+        "file_name": f"{index}.png",
+        "instances": {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "classes": classes,
+            "masks": masks,
+        },
     }
 
 
@@ -56,8 +91,11 @@ def test_training_losses_finite_and_backward():
     model = build_model(tiny_cfg())
     model.train()
     batch = [shapes_sample(0, 96), shapes_sample(1, 96)]
-    batch[1]["instances"] = {"boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.long),
-                             "masks": torch.zeros(0, 96, 96, dtype=torch.bool)}
+    batch[1]["instances"] = {
+        "boxes": torch.zeros(0, 4),
+        "classes": torch.zeros(0, dtype=torch.long),
+        "masks": torch.zeros(0, 96, 96, dtype=torch.bool),
+    }
     losses = model(batch)
     assert set(losses) == {"loss_cls", "loss_l1", "loss_giou", "loss_mask"}
     assert all(torch.isfinite(v) for v in losses.values())
@@ -65,7 +103,9 @@ def test_training_losses_finite_and_backward():
     assert model.head.box_head.class_logits.weight.grad is not None
     assert model.mask_head.predictor.weight.grad is not None
     # Small boxes all pool from p3, so only the p4/p5 output convs may lack gradients.
-    no_grad = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
+    no_grad = [
+        n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None
+    ]
     assert all("output" in n for n in no_grad), no_grad
     assert len(no_grad) < len(list(model.backbone.parameters())) // 4
 
@@ -124,8 +164,9 @@ def test_inference_without_detections_is_valid_and_empty():
 
 def test_num_proposals_test_sets_the_boxes_denoised_at_inference():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.IDIP.NUM_PROPOSALS_TEST": 40,
-                                    "TEST.DETECTIONS_PER_IMAGE": 100})).eval()
+    model = build_model(
+        tiny_cfg(**{"MODEL.IDIP.NUM_PROPOSALS_TEST": 40, "TEST.DETECTIONS_PER_IMAGE": 100})
+    ).eval()
     seen = []
     model.head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[1].shape)))
     (out,) = model([_eval_sample(3)])
@@ -163,7 +204,9 @@ def test_batched_inference_equals_per_image():
     torch.testing.assert_close(again["boxes"], batched[0]["boxes"], atol=1e-3, rtol=1e-4)
     model.test_seed = 1
     other = model([samples[0]])[0]
-    assert other["boxes"].shape != again["boxes"].shape or not torch.allclose(other["boxes"], again["boxes"])
+    assert other["boxes"].shape != again["boxes"].shape or not torch.allclose(
+        other["boxes"], again["boxes"]
+    )
 
 
 def test_ten_thousand_gt_boxes_in_one_image():
@@ -179,7 +222,11 @@ def test_ten_thousand_gt_boxes_in_one_image():
     for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
         masks[i, y1:y2, x1:x2] = True
     sample = shapes_sample(0, size)
-    sample["instances"] = {"boxes": boxes, "classes": torch.randint(0, 4, (n,), generator=g), "masks": masks}
+    sample["instances"] = {
+        "boxes": boxes,
+        "classes": torch.randint(0, 4, (n,), generator=g),
+        "masks": masks,
+    }
     start = time.perf_counter()
     losses = model([sample])
     sum(losses.values()).backward()

@@ -100,7 +100,9 @@ def test_prepare_targets_gt_rows_placeholders_and_noising(device):
     torch.testing.assert_close(out["t"], t)
     torch.testing.assert_close(out["noise"], noise)
     # IDIP's placeholders: cxcywh(to_abs(randn)) in the unit image.
-    placeholders = _cxcywh(ref.box_to_abs(placeholder_noise, torch.ones(B, 4, device=device))) * 2 - 1
+    placeholders = (
+        _cxcywh(ref.box_to_abs(placeholder_noise, torch.ones(B, 4, device=device))) * 2 - 1
+    )
     for b, (count, (w, h)) in enumerate(zip(counts, sizes)):
         wh = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
         gt_norm = _cxcywh(gts[b] / wh)
@@ -124,7 +126,9 @@ def test_prepare_targets_more_gt_than_proposals_uses_a_deterministic_random_subs
     N = 12
 
     def run(seed):
-        return prepare_diffusion_targets(gts, size, N, SCHEDULE, generator=torch.Generator().manual_seed(seed))
+        return prepare_diffusion_targets(
+            gts, size, N, SCHEDULE, generator=torch.Generator().manual_seed(seed)
+        )
 
     a, b, c = run(7), run(7), run(8)
     for key in ("boxes", "x_t", "x_start", "noise", "t"):
@@ -139,21 +143,27 @@ def test_prepare_targets_more_gt_than_proposals_uses_a_deterministic_random_subs
         assert (idx[1:] > idx[:-1]).all()
         # the loss targets keep all GT boxes
         assert a["gt_cxcywh"][img].shape == (counts[img], 4)
-    assert not torch.equal(a["x_start"][0], c["x_start"][0]) or not torch.equal(a["x_start"][2], c["x_start"][2])
+    assert not torch.equal(a["x_start"][0], c["x_start"][0]) or not torch.equal(
+        a["x_start"][2], c["x_start"][2]
+    )
 
 
 def test_prepare_targets_zero_gt_and_exactly_n():
     sizes = [(640, 480), (320, 240)]
     gts = [torch.zeros(0, 4), _random_gt([6], [sizes[1]], torch.Generator().manual_seed(2))[0]]
     size = _image_size(sizes)
-    out = prepare_diffusion_targets(gts, size, 6, SCHEDULE, generator=torch.Generator().manual_seed(0))
+    out = prepare_diffusion_targets(
+        gts, size, 6, SCHEDULE, generator=torch.Generator().manual_seed(0)
+    )
     assert out["gt_cxcywh"][0].shape == (0, 4)
     torch.testing.assert_close(out["x_start"][1], _cxcywh(gts[1] / size[1]) * 2 - 1)
     # all-placeholder image: non-empty boxes inside the unit image (the 1e-4 minimum size is
     # applied before clipping, so a box at the border can end up thinner)
     x0 = (out["x_start"][0] + 1) / 2
     assert (x0[:, 2:] > 0).all()
-    assert (x0[:, :2] - x0[:, 2:] / 2 >= -1e-6).all() and (x0[:, :2] + x0[:, 2:] / 2 <= 1 + 1e-6).all()
+    assert (x0[:, :2] - x0[:, 2:] / 2 >= -1e-6).all() and (
+        x0[:, :2] + x0[:, 2:] / 2 <= 1 + 1e-6
+    ).all()
     # a batch without any GT
     out = prepare_diffusion_targets([torch.zeros(0, 4)] * 2, size, 5, SCHEDULE)
     assert out["boxes"].shape == (2, 5, 4) and out["num_gt_in_x_start"] == [0, 0]
@@ -164,8 +174,9 @@ def test_prepare_targets_kernels_match_reference_ops():
     gts = _random_gt(counts, sizes, torch.Generator().manual_seed(4))
     size = _image_size(sizes)
     ours = prepare_diffusion_targets(gts, size, 20, SCHEDULE, torch.Generator().manual_seed(3))
-    refd = prepare_diffusion_targets(gts, size, 20, SCHEDULE, torch.Generator().manual_seed(3),
-                                     use_reference_ops=True)
+    refd = prepare_diffusion_targets(
+        gts, size, 20, SCHEDULE, torch.Generator().manual_seed(3), use_reference_ops=True
+    )
     for key in ("boxes", "x_t", "x_start", "noise", "t"):
         torch.testing.assert_close(ours[key], refd[key], rtol=1e-5, atol=1e-3)
 
@@ -196,7 +207,11 @@ class FakeHead:
         self.calls.append((boxes.clone(), t.clone()))
         k = torch.arange(self.num_classes, device=boxes.device, dtype=boxes.dtype)
         logits = 3 * torch.sin(boxes.sum(-1, keepdim=True) / 97 + k + t[:, None, None] / 100)
-        pred = boxes * 0.9 + torch.tensor([5.0, 4.0, 30.0, 20.0], device=boxes.device) + t[:, None, None] / 50
+        pred = (
+            boxes * 0.9
+            + torch.tensor([5.0, 4.0, 30.0, 20.0], device=boxes.device)
+            + t[:, None, None] / 50
+        )
         return logits, pred, {"step": len(self.calls)}
 
 
@@ -206,8 +221,9 @@ def test_sampler_time_pairs():
     assert DDIMSampler(SCHEDULE, 4).time_pairs == [(999, 749), (749, 499), (499, 249), (249, -1)]
 
 
-@pytest.mark.parametrize("num_steps,eta,renewal", [(1, 1.0, True), (3, 1.0, True), (4, 0.0, True),
-                                                   (3, 1.0, False)])
+@pytest.mark.parametrize(
+    "num_steps,eta,renewal", [(1, 1.0, True), (3, 1.0, True), (4, 0.0, True), (3, 1.0, False)]
+)
 def test_sampler_matches_an_independent_per_image_loop(num_steps, eta, renewal):
     sizes = [(640, 480), (800, 600), (333, 517)]
     size = _image_size(sizes)
@@ -237,7 +253,11 @@ def test_sampler_matches_an_independent_per_image_loop(num_steps, eta, renewal):
         for b in range(B):
             x0 = (_cxcywh(pred[b] / size[b])).clamp(0, 1) * 2 - 1
             eps = (x[b] - math.sqrt(a) * x0) / math.sqrt(1 - a)
-            keep = torch.sigmoid(logits[b]).max(-1).values > 0.5 if renewal else torch.ones(N, dtype=torch.bool)
+            keep = (
+                torch.sigmoid(logits[b]).max(-1).values > 0.5
+                if renewal
+                else torch.ones(N, dtype=torch.bool)
+            )
             xb = x0[keep] * math.sqrt(an) + c * eps[keep] + sigma * noise[b][keep]
             new_x.append(torch.cat([xb, renew[b, : N - len(xb)]]))
         x = torch.stack(new_x)
@@ -245,7 +265,9 @@ def test_sampler_matches_an_independent_per_image_loop(num_steps, eta, renewal):
     for (got_boxes, got_t), (exp_boxes, exp_t) in zip(head.calls, oracle.calls):
         assert torch.equal(got_t, exp_t)
         torch.testing.assert_close(got_boxes, exp_boxes, rtol=1e-4, atol=1e-2)
-    torch.testing.assert_close(out[0], oracle(boxes, torch.full((B,), times[-2]))[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out[0], oracle(boxes, torch.full((B,), times[-2]))[0], rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -255,7 +277,9 @@ def test_sampler_is_deterministic_given_a_generator(device):
 
     def run(seed):
         head = FakeHead()
-        out = sampler.sample(head, size, 50, generator=torch.Generator(device=device).manual_seed(seed))
+        out = sampler.sample(
+            head, size, 50, generator=torch.Generator(device=device).manual_seed(seed)
+        )
         return out, head
 
     (a, ha), (b, hb), (c, _) = run(1), run(1), run(2)
@@ -270,7 +294,8 @@ def test_sampler_renewal_happens_and_reference_ops_agree():
     out = DDIMSampler(SCHEDULE, 3).sample(head, size, 64, torch.Generator().manual_seed(0))
     head_ref = FakeHead()
     out_ref = DDIMSampler(SCHEDULE, 3, use_reference_ops=True).sample(
-        head_ref, size, 64, torch.Generator().manual_seed(0))
+        head_ref, size, 64, torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out[1], out_ref[1], rtol=1e-4, atol=1e-2)
     first_logits = FakeHead()(head.calls[0][0], head.calls[0][1])[0]
     kept = (first_logits.sigmoid().amax(-1) > 0.5).sum(1)

@@ -25,12 +25,16 @@ def test_prior_by_shape_is_the_authors_rule(num_classes):
     """Every box/mask-head parameter whose last dimension is the class count gets the prior:
     the classifier's and the mask predictor's biases, and with 4 classes also the regressor's."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.IDIP.NUM_CLASSES": num_classes,
-                                    "MODEL.IDIP.PRIOR_INIT_BY_SHAPE": True}))
+    model = build_model(
+        tiny_cfg(**{"MODEL.IDIP.NUM_CLASSES": num_classes, "MODEL.IDIP.PRIOR_INIT_BY_SHAPE": True})
+    )
     with_prior = {n for n, p in model.named_parameters() if _is_prior(p)}
-    expected = {n for n, p in list(model.head.named_parameters(prefix="head"))
-                + list(model.mask_head.named_parameters(prefix="mask_head"))
-                if p.shape[-1] == num_classes}
+    expected = {
+        n
+        for n, p in list(model.head.named_parameters(prefix="head"))
+        + list(model.mask_head.named_parameters(prefix="mask_head"))
+        if p.shape[-1] == num_classes
+    }
     assert with_prior == expected
     assert {"head.box_head.class_logits.bias", "mask_head.predictor.bias"} <= with_prior
     assert ("head.box_head.box_deltas.bias" in with_prior) == (num_classes == 4)
@@ -58,9 +62,15 @@ def _postprocess_inputs(model, h=64, w=80):
 @pytest.mark.parametrize("unclipped", [True, False])
 def test_postprocess_drops_zero_area_boxes_and_pools_masks_as_configured(unclipped):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.IDIP.MASK_FROM_UNCLIPPED_BOXES": unclipped,
-                                    "MODEL.IDIP.NMS_THRESH": 0.99,
-                                    "MODEL.IDIP.SCORE_THRESH_TEST": 0.5})).eval()
+    model = build_model(
+        tiny_cfg(
+            **{
+                "MODEL.IDIP.MASK_FROM_UNCLIPPED_BOXES": unclipped,
+                "MODEL.IDIP.NMS_THRESH": 0.99,
+                "MODEL.IDIP.SCORE_THRESH_TEST": 0.5,
+            }
+        )
+    ).eval()
     pooled = []
     model.mask_head.register_forward_pre_hook(lambda mod, args: pooled.append(args[1].clone()))
     with torch.no_grad():
@@ -95,24 +105,35 @@ def test_coco_configs_match_the_authors_settings(config):
 def test_mask_head_batch_norm_statistics_per_image(per_image):
     """With MASK_NORM_PER_IMAGE the batched mask head gives what the authors' loop gives (the
     head once per image): logits, gradients and running statistics; without it, one batch."""
+
     def mask_head():
         torch.manual_seed(0)
-        cfg = tiny_cfg(**{"MODEL.IDIP.MASK_NORM_PER_IMAGE": per_image, "MODEL.IDIP.MASK_NUM_CONVS": 2})
+        cfg = tiny_cfg(
+            **{"MODEL.IDIP.MASK_NORM_PER_IMAGE": per_image, "MODEL.IDIP.MASK_NUM_CONVS": 2}
+        )
         return build_model(cfg).train().mask_head.double()
 
     head, loop = mask_head(), mask_head()
     gen = torch.Generator().manual_seed(1)
-    features = [torch.randn(2, 32, 96 // s, 96 // s, generator=gen, dtype=torch.float64)
-                for s in (8, 16, 32)]
+    features = [
+        torch.randn(2, 32, 96 // s, 96 // s, generator=gen, dtype=torch.float64)
+        for s in (8, 16, 32)
+    ]
     xy = torch.rand(7, 2, generator=gen, dtype=torch.float64) * 60
     rois = torch.cat([torch.tensor([[0.0]] * 3 + [[1.0]] * 4, dtype=torch.float64), xy, xy + 30], 1)
     feats = torch.randn(7, 32, generator=gen, dtype=torch.float64)
     out = head(features, rois, feats)
     if per_image:
-        expected = torch.cat([loop([f[i:i + 1] for f in features],
-                                   torch.cat([torch.zeros(n, 1, dtype=torch.float64), rois[rows, 1:]], 1),
-                                   feats[rows])
-                              for i, (rows, n) in enumerate(((slice(0, 3), 3), (slice(3, 7), 4)))])
+        expected = torch.cat(
+            [
+                loop(
+                    [f[i : i + 1] for f in features],
+                    torch.cat([torch.zeros(n, 1, dtype=torch.float64), rois[rows, 1:]], 1),
+                    feats[rows],
+                )
+                for i, (rows, n) in enumerate(((slice(0, 3), 3), (slice(3, 7), 4)))
+            ]
+        )
     else:
         expected = loop(features, rois, feats)
     torch.testing.assert_close(out, expected)
@@ -122,4 +143,6 @@ def test_mask_head_batch_norm_statistics_per_image(per_image):
     for a, b in zip(bns, loop_bns):
         torch.testing.assert_close(a.running_mean, b.running_mean)
         torch.testing.assert_close(a.running_var, b.running_var)
-        assert a.num_batches_tracked.item() == b.num_batches_tracked.item() == (2 if per_image else 1)
+        assert (
+            a.num_batches_tracked.item() == b.num_batches_tracked.item() == (2 if per_image else 1)
+        )

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from idip.modeling.idip.head import BoxHead, DynamicConv, IDIPHead, SinusoidalTimeEmbedding, TimeEncoder
+from idip.modeling.idip.head import (
+    BoxHead,
+    DynamicConv,
+    IDIPHead,
+    SinusoidalTimeEmbedding,
+    TimeEncoder,
+)
 from idip.modeling.idip.mask_head import MaskHead
 
 
@@ -19,7 +24,9 @@ def _features(b=2, c=32, size=64):
 def test_sinusoidal_embedding_values():
     emb = SinusoidalTimeEmbedding(4)(torch.tensor([0.0, 2.0]))
     # half = 2: frequencies 1 and 10000^-1/2 = 0.01
-    expected = torch.tensor([[0, 0, 1, 1], [math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02)]])
+    expected = torch.tensor(
+        [[0, 0, 1, 1], [math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02)]]
+    )
     torch.testing.assert_close(emb, expected.float())
 
 
@@ -41,9 +48,12 @@ def test_box_head_modulation_and_shapes():
 
 
 def test_idip_head_outputs_per_stage():
-    head = IDIPHead(3, [8, 16, 32], dim=32, num_stages=2, num_attn_heads=4, dim_feedforward=64,
-                    dim_dynamic=8)
-    boxes = torch.tensor([[[0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 60.0, 40.0], [1.0, 1.0, 2.0, 2.0]]]).repeat(2, 1, 1)
+    head = IDIPHead(
+        3, [8, 16, 32], dim=32, num_stages=2, num_attn_heads=4, dim_feedforward=64, dim_dynamic=8
+    )
+    boxes = torch.tensor(
+        [[[0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 60.0, 40.0], [1.0, 1.0, 2.0, 2.0]]]
+    ).repeat(2, 1, 1)
     outs = head(_features(), boxes, torch.tensor([0, 500]))
     assert len(outs) == 2
     for out in outs:

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from idip.modeling.idip.loss import IDIPCriterion, crop_and_resize_masks, linear_dice_loss, sigmoid_focal_loss
+from idip.modeling.idip.loss import (
+    IDIPCriterion,
+    crop_and_resize_masks,
+    linear_dice_loss,
+    sigmoid_focal_loss,
+)
 from idip.modeling.idip.matcher import SimOTAMatcher
 
 
@@ -42,7 +47,9 @@ def _setup(b=2, n=6, c=3, g=(2, 0)):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(b, n, c, generator=gen, requires_grad=True)
     xy = torch.rand(b, n, 2, generator=gen) * 30
-    boxes = torch.cat([xy, xy + 10 + torch.rand(b, n, 2, generator=gen) * 20], dim=-1).requires_grad_()
+    boxes = torch.cat(
+        [xy, xy + 10 + torch.rand(b, n, 2, generator=gen) * 20], dim=-1
+    ).requires_grad_()
     feats = torch.randn(b, n, 8, generator=gen, requires_grad=True)
     targets = []
     for i in range(b):

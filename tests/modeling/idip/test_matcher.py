@@ -26,10 +26,15 @@ def test_exact_prediction_gets_its_gt():
 def test_dynamic_k_counts_top_ious():
     gt = torch.tensor([[20.0, 20.0, 80.0, 80.0]])
     # Four near-perfect predictions (IoU ~ 0.9+): sum of IoUs ~ 3.7 -> k = 3.
-    boxes = torch.tensor([
-        [20.0, 20.0, 80.0, 80.0], [21.0, 21.0, 80.0, 80.0], [20.0, 20.0, 79.0, 78.0],
-        [22.0, 22.0, 78.0, 80.0], [45.0, 45.0, 55.0, 55.0],
-    ])
+    boxes = torch.tensor(
+        [
+            [20.0, 20.0, 80.0, 80.0],
+            [21.0, 21.0, 80.0, 80.0],
+            [20.0, 20.0, 79.0, 78.0],
+            [22.0, 22.0, 78.0, 80.0],
+            [45.0, 45.0, 55.0, 55.0],
+        ]
+    )
     fg, matched = SimOTAMatcher()(_logits(5), boxes, torch.tensor([0]), gt, SIZE)
     ious = torch.tensor([1.0, (59 * 59) / 3600, (59 * 58) / 3600, (56 * 58) / 3600, 100 / 3600])
     k = int(ious.sum())
@@ -57,7 +62,9 @@ def test_class_cost_breaks_ties():
 
 def test_no_gt_and_no_candidate():
     boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0]])
-    fg, matched = SimOTAMatcher()(_logits(2), boxes, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), SIZE)
+    fg, matched = SimOTAMatcher()(
+        _logits(2), boxes, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), SIZE
+    )
     assert not fg.any() and matched.numel() == 0
     # GT far from every prediction centre: all predictions compete, one is still matched.
     gt = torch.tensor([[80.0, 80.0, 90.0, 90.0]])
@@ -81,7 +88,9 @@ def test_ten_thousand_gt_is_fast_and_linear_in_memory():
     boxes = gt[torch.randperm(10000, generator=g)[:300]] + 1.0
     size = torch.tensor([1000.0, 1000.0, 1000.0, 1000.0])
     start = time.perf_counter()
-    fg, matched = SimOTAMatcher()(_logits(300, 80), boxes, torch.randint(0, 80, (10000,), generator=g), gt, size)
+    fg, matched = SimOTAMatcher()(
+        _logits(300, 80), boxes, torch.randint(0, 80, (10000,), generator=g), gt, size
+    )
     assert time.perf_counter() - start < 20
     assert fg.sum() == matched.numel() and 0 < matched.numel() <= 300
     assert int(matched.max()) < 10000

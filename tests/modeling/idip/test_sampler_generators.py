@@ -22,7 +22,9 @@ def test_per_image_generators_make_batching_irrelevant():
     gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
     logits, boxes, _ = sampler.sample(_head, size, 7, gens)
     for b, seed in enumerate((5, 6)):
-        single_logits, single_boxes, _ = sampler.sample(_head, size[b : b + 1], 7, [torch.Generator().manual_seed(seed)])
+        single_logits, single_boxes, _ = sampler.sample(
+            _head, size[b : b + 1], 7, [torch.Generator().manual_seed(seed)]
+        )
         torch.testing.assert_close(single_boxes[0], boxes[b])
         torch.testing.assert_close(single_logits[0], logits[b])
 
