@@ -1,7 +1,7 @@
 """CondInst: FCOS with a controller, a mask branch and the fused dynamic mask head."""
 
 from .condinst import CondInst
-from .dynamic_mask_head import DynamicMaskHead, squared_dice_loss
+from .dynamic_mask_head import DynamicMaskHead
 from .fcos import FCOS
 from .mask_branch import MaskBranch
 
@@ -10,5 +10,4 @@ __all__ = [
     "DynamicMaskHead",
     "FCOS",
     "MaskBranch",
-    "squared_dice_loss",
 ]

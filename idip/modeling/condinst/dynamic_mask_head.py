@@ -9,26 +9,8 @@ from torch.nn import functional as F
 
 from ...config import ConfigError
 from ...ops import dynamic_mask_head_num_params
+from ..losses import squared_dice_loss
 from ..op_library import op_library
-
-
-def squared_dice_loss(scores: Tensor, targets: Tensor, eps: float = 1e-5) -> Tensor:
-    """1 - 2 sum(p t) / (sum(p^2) + sum(t^2) + eps) per instance (CondInst's V-Net form; IDIP's
-    :func:`idip.modeling.idip.loss.linear_dice_loss` does not square).
-
-    Args:
-        scores: [N, ...] probabilities.
-        targets: [N, ...] {0, 1} masks of the same shape.
-
-    Returns:
-        [N] losses.
-    """
-    n = scores.shape[0]
-    p = scores.reshape(n, -1)
-    t = targets.reshape(n, -1).to(p.dtype)
-    inter = (p * t).sum(dim=1)
-    union = (p * p).sum(dim=1) + (t * t).sum(dim=1) + eps
-    return 1.0 - 2.0 * inter / union
 
 
 def gt_bitmasks_at_stride(masks: Tensor, padded_size: tuple[int, int], stride: int) -> Tensor:

@@ -7,20 +7,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..losses import sigmoid_focal_loss
 from .fcos_targets import FCOSTargets, centerness_targets
-
-
-def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """Summed focal loss (Lin et al.) of [N, K] logits against [N, K] {0, 1} targets -> scalar."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss.sum()
 
 
 def ltrb_iou_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,39 +7,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..box_ops import elementwise_generalized_box_iou
+from ..losses import linear_dice_loss, sigmoid_focal_loss
 from ..op_library import op_library
 from ..poolers import box_lists_to_rois
 from .matcher import SimOTAMatcher
 
 # Masks cropped at once when building Dice targets (bounds float memory to CHUNK x H x W).
 _MASK_CHUNK = 32
-
-
-def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """Summed sigmoid focal loss (Lin et al. 2017) of [..., C] logits against {0, 1} targets."""
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.sum()
-
-
-def linear_dice_loss(probs: Tensor, targets: Tensor) -> Tensor:
-    """Summed Dice loss ``1 - 2 sum(p t) / (sum(p) + sum(t))`` of [K, ...] probabilities against
-    targets (IDIP's form; CondInst's :func:`squared_dice_loss` squares p and t below the line)."""
-    p = probs.flatten(1)
-    t = targets.flatten(1)
-    inter = (p * t).sum(dim=1)
-    union = p.sum(dim=1) + t.sum(dim=1) + 1e-8
-    return (1 - 2 * inter / union).sum()
 
 
 def crop_and_resize_masks(

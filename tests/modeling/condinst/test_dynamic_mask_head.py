@@ -7,11 +7,8 @@ import pytest
 import torch
 
 from idip.config import ConfigError
-from idip.modeling.condinst.dynamic_mask_head import (
-    DynamicMaskHead,
-    gt_bitmasks_at_stride,
-    squared_dice_loss,
-)
+from idip.modeling.condinst.dynamic_mask_head import DynamicMaskHead, gt_bitmasks_at_stride
+from idip.modeling.losses import squared_dice_loss
 
 
 def test_head_predicts_169_parameters_and_rejects_no_layers():

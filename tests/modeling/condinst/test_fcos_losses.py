@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from idip.modeling.condinst.fcos_head import FCOSHead
-from idip.modeling.condinst.fcos_losses import fcos_losses, ltrb_iou_giou, sigmoid_focal_loss
+from idip.modeling.condinst.fcos_losses import fcos_losses, ltrb_iou_giou
 from idip.modeling.condinst.fcos_targets import FCOSTargets
+from idip.modeling.losses import sigmoid_focal_loss
 
 
 def test_ltrb_iou_giou_hand_values():

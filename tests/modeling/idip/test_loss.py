@@ -7,13 +7,9 @@ import math
 import pytest
 import torch
 
-from idip.modeling.idip.loss import (
-    IDIPCriterion,
-    crop_and_resize_masks,
-    linear_dice_loss,
-    sigmoid_focal_loss,
-)
+from idip.modeling.idip.loss import IDIPCriterion, crop_and_resize_masks
 from idip.modeling.idip.matcher import SimOTAMatcher
+from idip.modeling.losses import linear_dice_loss, sigmoid_focal_loss
 
 
 def test_focal_loss_hand_computed():
