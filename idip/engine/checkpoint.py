@@ -29,7 +29,7 @@ from ..modeling.authors_checkpoints import (
     convert_authors_checkpoint,
     unwrap_state_dict,
 )
-from ..modeling.backbone.weights import load_backbone_weights
+from ..modeling.backbone.weights import load_backbone_weights, pretrained_weights_hint
 from ..utils.checkpoint_file import CheckpointError, read_checkpoint
 from ..utils.file_io import atomic_torch_save, atomic_write_text
 
@@ -105,13 +105,19 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) 
         path: a checkpoint written by this engine (or tools/convert_weights.py), an authors'
             checkpoint, a torchvision ResNet .pth, or a detectron2 .pkl.
         meta_architecture: ``MODEL.META_ARCHITECTURE`` of the run, checked against the checkpoint.
-        cfg: the run's config, checked against the settings an authors' checkpoint needs.
+        cfg: the run's config, checked against the settings an authors' checkpoint or
+            ImageNet backbone weights need (MODEL.RESNETS.STRIDE_IN_1X1, MODEL.PIXEL_STD);
+            MODEL.RESNETS.DEPTH picks the files a missing backbone file's error suggests.
 
     Returns:
         A one-paragraph report of what was loaded (and converted or skipped).
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"MODEL.WEIGHTS file not found: {path}")
+        depth = int(cfg.MODEL.RESNETS.DEPTH) if cfg is not None else None
+        hint = pretrained_weights_hint(path, depth)
+        raise CheckpointError(
+            f"MODEL.WEIGHTS file not found: {path}" + (f". {hint}" if hint else "")
+        )
     data = None
     if not path.endswith(".pkl"):
         data = _read_dict(path)
@@ -140,8 +146,10 @@ def load_weights(model: nn.Module, path: str, meta_architecture: str, cfg=None) 
             return f"loaded {stored} weights from {path} (iteration {data.get('iteration')})"
         if "model" in data and isinstance(data["model"], dict) and "meta_architecture" in data:
             raise CheckpointError(f"checkpoint {path} has an unknown format {data.get('format')!r}")
-    # The backbone loader finds the ResNet (and FPN) inside the whole model.
-    report = load_backbone_weights(unwrap_model(model), path)
+    # The backbone loader finds the ResNet (and FPN) inside the whole model, and checks that
+    # the stride convention and MODEL.PIXEL_STD fit the weights.
+    pixel_std = list(cfg.MODEL.PIXEL_STD) if cfg is not None else None
+    report = load_backbone_weights(unwrap_model(model), path, pixel_std=pixel_std)
     return f"loaded backbone weights from {path}: {report}"
 
 

@@ -19,6 +19,15 @@ They need a ResNet built with ``stride_in_1x1=True``; the loader flips the stem'
 to RGB (this package always feeds RGB) and sets the missing running stats so the folded affine is
 reproduced exactly. Set MODEL.PIXEL_STD to [1.0, 1.0, 1.0] for them.
 
+Given the run's ``pixel_std`` (``load_weights`` passes MODEL.PIXEL_STD), the loader demands the
+settings the weights were trained with: MSRA/Caffe2 weights need ``MODEL.RESNETS.STRIDE_IN_1X1
+True`` and ``MODEL.PIXEL_STD [1.0, 1.0, 1.0]``; weights known to come from torchvision (a
+torchvision classifier checkpoint with its ``fc``, or detectron2 names by author "torchvision")
+need ``STRIDE_IN_1X1 False`` and torchvision's std, never [1, 1, 1]. A mismatch is one
+CheckpointError naming the file, the format and the ``KEY VALUE`` overrides to add. Both kinds
+share the RGB mean [123.675, 116.28, 103.53] (the MSRA BGR mean, flipped). Where to get the
+files: :data:`TORCHVISION_FILES`, :data:`MSRA_URL` and :func:`pretrained_weights_hint`.
+
 Files are read by :func:`idip.utils.checkpoint_file.read_checkpoint`, which cannot run code from
 them.
 """
@@ -28,9 +37,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +51,81 @@ from .fpn import FPN
 from .resnet import ResNet
 
 logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where to get ImageNet weights, and the settings each kind needs
+# ------------------------------------------------------------------------------------------------
+
+# torchvision.models.ResNet{depth}_Weights: enum member -> file under TORCHVISION_URL.
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+TORCHVISION_FILES = {
+    18: {"IMAGENET1K_V1": "resnet18-f37072fd.pth"},
+    34: {"IMAGENET1K_V1": "resnet34-b627a593.pth"},
+    50: {"IMAGENET1K_V1": "resnet50-0676ba61.pth", "IMAGENET1K_V2": "resnet50-11ad3fa6.pth"},
+    101: {"IMAGENET1K_V1": "resnet101-63fe2227.pth", "IMAGENET1K_V2": "resnet101-cd907fc2.pth"},
+    152: {"IMAGENET1K_V1": "resnet152-394f9c45.pth", "IMAGENET1K_V2": "resnet152-f82ba261.pth"},
+}
+# detectron2's copy of the MSRA Caffe2 ImageNet models (its "ImageNetPretrained/MSRA/R-50.pkl").
+MSRA_URL = "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-{depth}.pkl"
+MSRA_DEPTHS = (50, 101)
+TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]  # ImageNet std x 255 (RGB), the config default
+CAFFE_PIXEL_STD = [1.0, 1.0, 1.0]
+STRIDE_KEY, PIXEL_STD_KEY = "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.PIXEL_STD"
+TORCHVISION_SETTINGS = f'{STRIDE_KEY} False {PIXEL_STD_KEY} "{TORCHVISION_PIXEL_STD}"'
+MSRA_SETTINGS = f'{STRIDE_KEY} True {PIXEL_STD_KEY} "{CAFFE_PIXEL_STD}"'
+
+_BACKBONE_FILE = re.compile(r"(?<![a-z0-9])(?:r|resnet)[-_]?(18|34|50|101|152)(?![0-9])", re.I)
+
+
+def looks_like_backbone_weights(path: str | os.PathLike) -> bool:
+    """True for paths under a ``pretrained`` folder or named like a ResNet (R-50, resnet101...)."""
+    parts = os.path.normpath(os.fspath(path)).split(os.sep)
+    in_pretrained = any(part.lower() == "pretrained" for part in parts[:-1])
+    return in_pretrained or bool(_BACKBONE_FILE.search(parts[-1]))
+
+
+def torchvision_url(depth: int, weights: str = "IMAGENET1K_V1") -> str:
+    return TORCHVISION_URL + TORCHVISION_FILES[depth][weights]
+
+
+def pretrained_weights_hint(path: str | os.PathLike, depth: int | None = None) -> str:
+    """One line saying which ImageNet files work for a ResNet-``depth``, where to get them, the
+    settings each needs, and a command that downloads one to ``path``; "" when ``path`` does not
+    look like backbone weights. ``depth`` defaults to the one in the file name (else 50)."""
+    path = os.fspath(path)
+    if not looks_like_backbone_weights(path):
+        return ""
+    if depth is None:
+        match = _BACKBONE_FILE.search(os.path.basename(path))
+        depth = int(match[1]) if match else 50
+    if depth not in TORCHVISION_FILES:
+        return ""
+    files = TORCHVISION_FILES[depth]
+    other = [f"{name} {TORCHVISION_URL}{file}" for name, file in files.items()][1:]
+    text = (
+        f"ImageNet ResNet-{depth} weights that work: torchvision's ResNet{depth}_Weights."
+        f"IMAGENET1K_V1 {torchvision_url(depth)}"
+        + (f" (or {', '.join(other)})" if other else "")
+        + f", with {TORCHVISION_SETTINGS} (the defaults)"
+    )
+    use_msra = depth in MSRA_DEPTHS and path.endswith(".pkl")
+    if depth in MSRA_DEPTHS:
+        text += (
+            f"; or detectron2's MSRA R-{depth}.pkl {MSRA_URL.format(depth=depth)}, with "
+            f"{MSRA_SETTINGS}"
+        )
+    url = MSRA_URL.format(depth=depth) if use_msra else torchvision_url(depth)
+    target = path if use_msra or not path.endswith(".pkl") else path[: -len(".pkl")] + ".pth"
+    folder = os.path.dirname(target)
+    command = (f"mkdir -p {shlex.quote(folder)} && " if folder else "") + (
+        f"curl -L -o {shlex.quote(target)} {url}"
+    )
+    if target != path:
+        command += f", then set MODEL.WEIGHTS {shlex.quote(target)}"
+    if use_msra:
+        command += f", then add {MSRA_SETTINGS}"
+    return f'{text}. To get one: {command} (README, "Pretrained backbones")'
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +344,9 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
 
 
 def load_backbone_weights(
-    module: nn.Module, path_or_state_dict: str | os.PathLike | Mapping
+    module: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping,
+    pixel_std: Sequence[float] | None = None,
 ) -> LoadReport:
     """Loads pretrained backbone weights into the ResNet (and FPN) found in ``module``.
 
@@ -268,6 +355,8 @@ def load_backbone_weights(
             holding exactly one ResNet anywhere.
         path_or_state_dict: a ``.pth``/``.pt`` (torchvision) or ``.pkl`` (detectron2, Caffe2)
             file, or an already-loaded dict (optionally wrapped in "model"/"state_dict").
+        pixel_std: the run's MODEL.PIXEL_STD, checked against the weights' convention; None
+            skips that check (a note then says what MSRA/Caffe2 weights need).
 
     Returns:
         a LoadReport; its one-line ``str`` is also logged. Keys with the wrong shape are reported
@@ -275,7 +364,8 @@ def load_backbone_weights(
 
     Raises:
         CheckpointError: missing or unreadable file, no ResNet weights recognised, or
-            a stride convention (``stride_in_1x1``) that does not match the module.
+            a stride convention (``stride_in_1x1``) or ``pixel_std`` that does not match the
+            weights (the message names the ``KEY VALUE`` overrides to set).
     """
     if isinstance(path_or_state_dict, Mapping):
         source, raw = "<state_dict>", path_or_state_dict
@@ -329,28 +419,18 @@ def load_backbone_weights(
     caffe_style = _caffe_style(scheme, meta, detectron2_names, list(weights), resnet.norm)
     # Caffe2-era weights were trained on BGR images with pixel std 1 and store folded norms.
     caffe_input = caffe_style is True or scheme == "caffe2"
+    # This package's own ResNet also uses torchvision names, whatever its stride convention, so
+    # torchvision names prove torchvision weights only with torchvision's classifier next to them.
+    has_classifier = any(k.startswith(root + "fc.") for k in weights)
+    torchvision_proven = caffe_style is False and (scheme != "torchvision" or has_classifier)
+    _check_settings(source, scheme, caffe_style, caffe_input, torchvision_proven, resnet, pixel_std)
     bottleneck = resnet.depth >= 50
-    if caffe_style is True and bottleneck and not resnet.stride_in_1x1:
-        raise CheckpointError(
-            f"{source} holds MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 "
-            "conv) but the ResNet was built with stride_in_1x1=False; build it with "
-            "stride_in_1x1=True (MODEL.RESNETS.STRIDE_IN_1X1 True)"
+    if caffe_style is False and not torchvision_proven and bottleneck and resnet.stride_in_1x1:
+        report.notes.append(
+            "WARNING: torchvision-named weights (torchvision models put the bottleneck "
+            "stride on the 3x3 conv) loaded into a ResNet with stride_in_1x1=True"
         )
-    if caffe_style is False and bottleneck and resnet.stride_in_1x1:
-        if scheme == "torchvision":
-            # This package's own ResNet also uses torchvision names, whatever its stride
-            # convention, so torchvision names alone do not prove torchvision weights.
-            report.notes.append(
-                "WARNING: torchvision-named weights (torchvision models put the bottleneck "
-                "stride on the 3x3 conv) loaded into a ResNet with stride_in_1x1=True"
-            )
-        else:
-            raise CheckpointError(
-                f"{source} holds torchvision-style weights (bottleneck stride on the 3x3 conv) "
-                "but the ResNet was built with stride_in_1x1=True; build it with "
-                "stride_in_1x1=False (MODEL.RESNETS.STRIDE_IN_1X1 False)"
-            )
-    if caffe_style is None and scheme == "detectron2" and resnet.depth >= 50:
+    if caffe_style is None and scheme == "detectron2" and bottleneck:
         report.notes.append(
             f"stride convention of {source} unknown (author {meta.get('__author__')!r}); "
             f"assumed it matches stride_in_1x1={resnet.stride_in_1x1}"
@@ -385,9 +465,10 @@ def load_backbone_weights(
                     f"set running_mean=0, running_var=1-eps in {filled} norms (Caffe2 stores "
                     "batch norms folded into scale and shift)"
                 )
-            report.notes.append(
-                "weights expect inputs with pixel std 1: set MODEL.PIXEL_STD to [1.0, 1.0, 1.0]"
-            )
+            if pixel_std is None:  # else _check_settings has checked it
+                report.notes.append(
+                    "weights expect inputs with pixel std 1: set MODEL.PIXEL_STD to [1.0, 1.0, 1.0]"
+                )
 
     checked = [resnet] + ([fpn] if any(o is fpn for _, o in plan.values()) else [])
     for owner in checked:  # an FPN the checkpoint says nothing about keeps its fresh init quietly
@@ -397,6 +478,57 @@ def load_backbone_weights(
 
     _log(report)
     return report
+
+
+def _same(values: Sequence[float], expected: Sequence[float]) -> bool:
+    values = [float(v) for v in values]
+    return len(values) == len(expected) and all(abs(v - e) < 1e-3 for v, e in zip(values, expected))
+
+
+def _check_settings(
+    source: str,
+    scheme: str,
+    caffe_style: bool | None,
+    caffe_input: bool,
+    torchvision_proven: bool,
+    resnet: ResNet,
+    pixel_std: Sequence[float] | None,
+) -> None:
+    """Raises one CheckpointError naming every setting the weights' convention needs and lacks."""
+    bottleneck = resnet.depth >= 50
+    wrong: list[str] = []  # what is set now
+    fix: list[str] = []  # KEY VALUE to set instead
+    if caffe_input:
+        kind = (
+            "MSRA/Caffe2-style weights (bottleneck stride on the first 1x1 conv, trained on BGR "
+            "input with pixel std 1)"
+            if caffe_style
+            else "Caffe2 weights (trained on BGR input with pixel std 1)"
+        )
+        if caffe_style and bottleneck and not resnet.stride_in_1x1:
+            wrong.append("the ResNet is built with stride_in_1x1=False")
+            fix.append(f"{STRIDE_KEY} True")
+        if pixel_std is not None and not _same(pixel_std, CAFFE_PIXEL_STD):
+            wrong.append(f"{PIXEL_STD_KEY} is {[float(v) for v in pixel_std]}")
+            fix.append(f'{PIXEL_STD_KEY} "{CAFFE_PIXEL_STD}"')
+    elif torchvision_proven:
+        kind = (
+            "torchvision-style weights (bottleneck stride on the 3x3 conv, trained on RGB input "
+            "normalised by the ImageNet std)"
+        )
+        if bottleneck and resnet.stride_in_1x1:
+            wrong.append("the ResNet is built with stride_in_1x1=True")
+            fix.append(f"{STRIDE_KEY} False")
+        if pixel_std is not None and _same(pixel_std, CAFFE_PIXEL_STD):
+            wrong.append(f"{PIXEL_STD_KEY} is {CAFFE_PIXEL_STD} (the Caffe2 value)")
+            fix.append(f'{PIXEL_STD_KEY} "{TORCHVISION_PIXEL_STD}"')
+    else:
+        return
+    if wrong:
+        raise CheckpointError(
+            f"{source} holds {kind}, in {scheme} names, but "
+            f"{' and '.join(wrong)}: set {' '.join(fix)} (command line or config)"
+        )
 
 
 def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

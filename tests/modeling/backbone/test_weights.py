@@ -10,6 +10,13 @@ import torch
 from torch import nn
 
 from idip.modeling.backbone import FPN, CheckpointError, ResNet, load_backbone_weights
+from idip.modeling.backbone.weights import (
+    CAFFE_PIXEL_STD,
+    MSRA_SETTINGS,
+    TORCHVISION_PIXEL_STD,
+    looks_like_backbone_weights,
+    pretrained_weights_hint,
+)
 
 EPS = 1e-5
 
@@ -256,7 +263,10 @@ def test_caffe2_msra_r50_needs_stride_in_1x1_and_matches(tmp_path):
     assert "res3_3_branch2c_bn_b" in blobs and "res2_0_branch1_w" in blobs
     path = save_pkl(tmp_path / "R-50.pkl", blobs, protocol=2)
 
-    with pytest.raises(CheckpointError, match=r"R-50\.pkl.*stride_in_1x1=True"):
+    needs_stride = (
+        r"R-50\.pkl' holds MSRA/Caffe2-style.*: set MODEL\.RESNETS\.STRIDE_IN_1X1 True \("
+    )
+    with pytest.raises(CheckpointError, match=needs_stride):
         load_backbone_weights(ResNet(50, out_features=SMALL), path)
 
     model = ResNet(50, out_features=SMALL, stride_in_1x1=True).eval()
@@ -279,7 +289,7 @@ def test_detectron2_msra_author_or_missing_stats_is_caffe_style():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             names[torchvision_to_caffe2(key)] = torchvision_to_detectron2(key)
     d2 = {names[k]: v for k, v in blobs.items() if k in names}
-    with pytest.raises(CheckpointError, match="stride_in_1x1=True"):
+    with pytest.raises(CheckpointError, match="MSRA/Caffe2.*STRIDE_IN_1X1 True"):
         load_backbone_weights(
             ResNet(50, out_features=SMALL), {"model": d2, "__author__": "unknown"}
         )
@@ -299,7 +309,7 @@ def test_torchvision_style_weights_and_stride_in_1x1_model():
         if not k.endswith("num_batches_tracked")
     }
     caffe_model = ResNet(50, out_features=SMALL, stride_in_1x1=True)
-    with pytest.raises(CheckpointError, match="stride_in_1x1=False"):
+    with pytest.raises(CheckpointError, match="torchvision-style.*STRIDE_IN_1X1 False"):
         load_backbone_weights(caffe_model, {"model": d2, "__author__": "torchvision"})
     # torchvision names are also this package's own names, so they only warn
     report = load_backbone_weights(caffe_model, source.state_dict())
@@ -406,3 +416,143 @@ def test_caffe2_groupnorm_blobs_load_without_a_stride_verdict():
     report = load_backbone_weights(model, blobs)
     assert report.ok and report.format == "caffe2", str(report)
     torch.testing.assert_close(outputs(model)["res3"], outputs(source)["res3"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The settings each kind of ImageNet weights needs, and where to get them (#23 item 4)
+# ------------------------------------------------------------------------------------------------
+
+
+def _msra_r50_pkl(tmp_path) -> tuple[ResNet, str]:
+    source = source_model(50, stride_in_1x1=True, seed=21, out_features=SMALL)
+    return source, save_pkl(tmp_path / "R-50.pkl", _caffe2_blobs(source), protocol=2)
+
+
+def test_msra_weights_demand_stride_in_1x1_and_pixel_std_in_one_line(tmp_path):
+    _, path = _msra_r50_pkl(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_weights(ResNet(50, out_features=SMALL), path, pixel_std=TORCHVISION_PIXEL_STD)
+    message = str(err.value)
+    assert "\n" not in message and f"'{path}' holds MSRA/Caffe2-style weights" in message
+    assert "caffe2 names" in message
+    assert "stride_in_1x1=False and MODEL.PIXEL_STD is [58.395, 57.12, 57.375]" in message
+    assert message.endswith(f": set {MSRA_SETTINGS} (command line or config)")
+    assert 'MODEL.RESNETS.STRIDE_IN_1X1 True MODEL.PIXEL_STD "[1.0, 1.0, 1.0]"' in message
+
+    # the stride right, the std not: only the std is asked for
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_weights(
+            ResNet(50, out_features=SMALL, stride_in_1x1=True),
+            path,
+            pixel_std=TORCHVISION_PIXEL_STD,
+        )
+    assert str(err.value).endswith(
+        ': set MODEL.PIXEL_STD "[1.0, 1.0, 1.0]" (command line or config)'
+    )
+
+
+def test_msra_weights_with_the_right_settings_load_without_a_pixel_std_note(tmp_path, caplog):
+    source, path = _msra_r50_pkl(tmp_path)
+    model = ResNet(50, out_features=SMALL, stride_in_1x1=True).eval()
+    with caplog.at_level(logging.INFO, logger="idip.modeling.backbone.weights"):
+        report = load_backbone_weights(model, path, pixel_std=[1, 1, 1.0])
+    assert report.ok and report.format == "caffe2", str(report)
+    assert not any("PIXEL_STD" in note for note in report.notes)
+    assert "PIXEL_STD" not in caplog.text and "BGR" in caplog.text
+    torch.testing.assert_close(
+        outputs(model)["res3"], outputs(source)["res3"], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_caffe2_groupnorm_weights_also_need_pixel_std_1():
+    source = ResNet(50, out_features=SMALL, norm="GN")
+    blobs = {
+        torchvision_to_caffe2(k).replace("_bn_", "_gn_"): v.numpy()
+        for k, v in source.state_dict().items()
+    }
+    model = ResNet(50, out_features=SMALL, norm="GN")
+    with pytest.raises(CheckpointError, match=r'Caffe2 weights .*set MODEL\.PIXEL_STD "\[1\.0'):
+        load_backbone_weights(model, blobs, pixel_std=TORCHVISION_PIXEL_STD)
+    assert load_backbone_weights(model, blobs, pixel_std=CAFFE_PIXEL_STD).ok
+
+
+def _torchvision_classifier(depth: int) -> dict[str, torch.Tensor]:
+    """A torchvision classification checkpoint: our names plus torchvision's ``fc``."""
+    if depth == 18:
+        return random_state_dict(torchvision_resnet18_shapes())
+    state = dict(source_model(depth, out_features=SMALL).state_dict())
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    return state
+
+
+def test_torchvision_classifier_weights_demand_stride_in_3x3_and_their_std():
+    state = _torchvision_classifier(50)
+    caffe_model = ResNet(50, out_features=SMALL, stride_in_1x1=True)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_weights(caffe_model, state, pixel_std=CAFFE_PIXEL_STD)
+    message = str(err.value)
+    assert message.startswith("<state_dict> holds torchvision-style weights")
+    assert "torchvision names" in message
+    assert message.endswith(
+        ': set MODEL.RESNETS.STRIDE_IN_1X1 False MODEL.PIXEL_STD "[58.395, 57.12, 57.375]" '
+        "(command line or config)"
+    )
+    # without a stride (basic blocks), the std is still checked
+    with pytest.raises(CheckpointError, match=r'set MODEL\.PIXEL_STD "\[58\.395'):
+        load_backbone_weights(ResNet(18), _torchvision_classifier(18), pixel_std=[1.0, 1.0, 1.0])
+    report = load_backbone_weights(
+        ResNet(50, out_features=SMALL), state, pixel_std=TORCHVISION_PIXEL_STD
+    )
+    assert report.ok and not report.notes, str(report)
+
+
+def test_own_resnet_state_dict_is_not_taken_for_torchvision_weights():
+    # no fc: possibly this package's own caffe-style ResNet, so settings are not demanded
+    state = source_model(50, stride_in_1x1=True, out_features=SMALL).state_dict()
+    model = ResNet(50, out_features=SMALL, stride_in_1x1=True)
+    report = load_backbone_weights(model, state, pixel_std=CAFFE_PIXEL_STD)
+    assert report.ok and any(note.startswith("WARNING") for note in report.notes)
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("pretrained/R-50.pth", True),
+        ("pretrained/anything.pth", True),
+        ("/data/models/R-101.pkl", True),
+        ("resnet50-0676ba61.pth", True),
+        ("MSRA_R-50.pkl", True),
+        ("output/model_final.pth", False),
+        ("output/run_r500/model_final.pth", False),
+        ("pretrained_models/model.pth", False),
+    ],
+)
+def test_which_paths_look_like_backbone_weights(path, expected):
+    assert looks_like_backbone_weights(path) is expected
+
+
+def test_pretrained_weights_hint_names_the_files_settings_and_a_download_command():
+    hint = pretrained_weights_hint("pretrained/R-50.pth", 50)
+    assert "\n" not in hint
+    for part in (
+        "ResNet50_Weights.IMAGENET1K_V1 https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "IMAGENET1K_V2 https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+        'MODEL.RESNETS.STRIDE_IN_1X1 False MODEL.PIXEL_STD "[58.395, 57.12, 57.375]"',
+        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl",
+        f"with {MSRA_SETTINGS}",
+        "mkdir -p pretrained && curl -L -o pretrained/R-50.pth "
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    ):
+        assert part in hint, (part, hint)
+
+    hint = pretrained_weights_hint("pretrained/R-101.pkl")  # depth from the name
+    assert "resnet101-63fe2227.pth" in hint and "resnet101-cd907fc2.pth" in hint
+    assert (
+        "curl -L -o pretrained/R-101.pkl "
+        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-101.pkl, "
+        f"then add {MSRA_SETTINGS}" in hint
+    )
+    hint = pretrained_weights_hint("weights/R-18.pkl")  # no MSRA R-18: a .pth next to it
+    assert "MSRA" not in hint and "resnet18-f37072fd.pth" in hint
+    assert "then set MODEL.WEIGHTS weights/R-18.pth" in hint
+    assert pretrained_weights_hint("output/model_final.pth", 50) == ""
