@@ -4,10 +4,13 @@
     python demo.py --config-file configs/shapes/IDIP_R18.yaml --input img.png --output out.png \
         --opts MODEL.WEIGHTS output/model_final.pth
     python demo.py --config-file CFG --input 'images/*.jpg' --output vis/ --confidence-threshold 0.3 \
-        --opts MODEL.WEIGHTS model.pth
+        MODEL.WEIGHTS model.pth
 
 --input takes files, folders and glob patterns; --output is a folder (one PNG per input, named
-after it), or a .png file when there is exactly one input.
+after it), or a .png file when there is exactly one input. Config overrides are KEY VALUE pairs,
+after --opts or bare (a declared config key ends the --input list). Each instance is drawn in its
+own colour (mask, box and label), so two objects of one class are told apart; labels stay inside
+the image and are moved off each other.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Sequence
 
 from idip.config import ConfigError, setup_cfg
 from idip.data.image_io import ImageReadError, read_image
-from idip.engine.cli import run_cli
+from idip.engine.cli import add_config_arguments, parse_config_args, run_cli
 from idip.engine.logger import setup_logger
 from idip.engine.predictor import Predictor
 from idip.utils.visualize import draw_instances
@@ -34,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
+    add_config_arguments(parser)
     parser.add_argument(
         "--input", nargs="+", required=True, help="image files, folders or glob patterns"
     )
@@ -44,10 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="minimum score drawn"
     )
-    parser.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
-    )
-    return parser.parse_args(argv)
+    return parse_config_args(parser, argv)
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:

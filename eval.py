@@ -3,6 +3,9 @@
 
     python eval.py --config-file configs/shapes/IDIP_R18.yaml MODEL.WEIGHTS output/model_final.pth
     torchrun --nproc_per_node=8 eval.py --config-file configs/IDIP_R50.yaml MODEL.WEIGHTS model.pth
+    python eval.py --config-file configs/shapes/IDIP_R18.yaml --opts MODEL.WEIGHTS model.pth
+
+Config overrides are KEY VALUE pairs, bare or after ``--opts``, applied in command-line order.
 
 Prints one AP table per dataset; predictions and results go to OUTPUT_DIR/inference/<dataset>/.
 """
@@ -17,7 +20,7 @@ from typing import Sequence
 
 from idip.config import ConfigError, setup_cfg
 from idip.engine.checkpoint import load_weights
-from idip.engine.cli import add_config_arguments, run_cli
+from idip.engine.cli import add_config_arguments, parse_config_args, run_cli
 from idip.engine.evaluate import evaluate_datasets
 from idip.engine.logger import setup_logger
 from idip.engine.runtime import configure_torch
@@ -28,12 +31,16 @@ from idip.utils.distributed import get_rank, init_distributed, is_main_process
 logger = logging.getLogger("idip.eval")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    return parse_config_args(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     cfg = setup_cfg(args.config_file or None, args.opts)
     device = resolve_device(cfg)
     init_distributed(device.type)

@@ -2,9 +2,12 @@
 """Train IDIP or CondInst.
 
     python train.py --config-file configs/shapes/IDIP_R18.yaml [KEY VALUE ...]
+    python train.py --config-file configs/shapes/IDIP_R18.yaml --opts SOLVER.MAX_ITER 100
     torchrun --nproc_per_node=8 train.py --config-file configs/IDIP_R50.yaml [--resume] [KEY VALUE ...]
 
-Checkpoints, log.txt, metrics.json, tensorboard events and config.yaml go to OUTPUT_DIR.
+Config overrides are KEY VALUE pairs, bare or after ``--opts`` (both may be mixed; they are
+applied in command-line order, after the config file). Checkpoints, log.txt, metrics.json,
+tensorboard events and config.yaml go to OUTPUT_DIR.
 ``--resume`` continues from OUTPUT_DIR/last_checkpoint; workers restarted by torchrun
 (``--max-restarts``) always do. An OUTPUT_DIR that holds a previous run is refused without
 ``--resume`` or ``--start-over``, and one in use by another run is refused.
@@ -17,7 +20,7 @@ import sys
 from typing import Sequence
 
 from idip.config import ConfigError, setup_cfg
-from idip.engine.cli import add_config_arguments, run_cli
+from idip.engine.cli import add_config_arguments, parse_config_args, run_cli
 from idip.engine.trainer import Trainer
 
 
@@ -43,16 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "differ from an uninterrupted run (model, data, batch, optimizer, seed)",
     )
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    for flag, attr in (
-        ("--resume", "resume"),
-        ("--start-over", "start_over"),
-        ("--allow-config-change", "allow_config_change"),
-    ):
-        if flag in args.opts:  # given after the overrides, where argparse leaves it in opts
-            args.opts.remove(flag)
-            setattr(args, attr, True)
-    return args
+    return parse_config_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None, trainer_cls: type[Trainer] = Trainer) -> int:

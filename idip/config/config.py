@@ -313,14 +313,79 @@ def _root_of(node: CfgNode, prefix: str) -> CfgNode:
     return node
 
 
+# The configs/ folder of this repository: where a misspelt config name is looked up.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
+
+
+def _shown(path: str) -> str:
+    """``path`` as the user would type it: relative to the working directory when under it."""
+    path = os.path.abspath(path)
+    relative = os.path.relpath(path, os.getcwd())
+    return path if relative.startswith("..") else relative
+
+
+def _close_config_files(path: str, start: str | None = None) -> list[str]:
+    """Existing .yaml files whose names are closest to ``path`` (at most 3, best first).
+
+    Candidates: every .yaml under ``configs/`` (of the repository and of the working directory)
+    and the .yaml files in ``path``'s own folder. They are returned as :func:`_shown` paths, or
+    relative to the folder ``start`` when given (the form a ``_BASE_`` line takes; a file two
+    or more levels up is shown absolute instead).
+    """
+    found = set()
+    for folder in {os.path.abspath(CONFIGS_DIR), os.path.abspath("configs")}:
+        for root, _, files in os.walk(folder):
+            found.update(os.path.join(root, f) for f in files if f.endswith((".yaml", ".yml")))
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(parent):
+        found.update(
+            os.path.join(parent, f) for f in os.listdir(parent) if f.endswith((".yaml", ".yml"))
+        )
+
+    def form(p: str) -> str:
+        if start is None:
+            return _shown(p)
+        relative = os.path.relpath(p, start)
+        return p if relative.startswith(os.path.join("..", "..")) else relative
+
+    def stem(p: str) -> str:
+        return os.path.splitext(os.path.basename(p))[0]
+
+    # Ranked by the file name without folder and extension: a shared folder or ".yaml" would make
+    # every file look close. The whole path only breaks ties (the same name in another folder).
+    target = form(os.path.abspath(path))
+    scored = []
+    for candidate in filter(os.path.isfile, found):  # a folder named x.yaml is no candidate
+        shown = form(candidate)
+        name_score = difflib.SequenceMatcher(None, stem(target), stem(shown)).ratio()
+        path_score = difflib.SequenceMatcher(None, target, shown).ratio()
+        if name_score >= 0.6:
+            scored.append((name_score, path_score, shown))
+    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    # Only those about as close as the best: a list of near misses would bury the one meant.
+    return [shown for score, _, shown in scored if score >= scored[0][0] - 0.05][:3]
+
+
+def _did_you_mean(close: list[str]) -> str:
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def load_yaml_with_base(path: str, _seen: tuple[str, ...] = ()) -> dict:
-    """Loads a YAML config file and merges its ``_BASE_`` file(s) under it (recursively)."""
+    """Loads a YAML config file and merges its ``_BASE_`` file(s) under it (recursively).
+
+    A missing file is a :class:`ConfigError` naming it (and, for a ``_BASE_``, the file that
+    refers to it) with the closest existing config names as suggestions.
+    """
+    given = path
     path = os.path.abspath(os.path.expanduser(path))
     if path in _seen:
         chain = " -> ".join(_seen + (path,))
         raise ConfigError(f"config file {path} inherits from itself through _BASE_: {chain}")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise ConfigError(
+            f"config file '{given}' {what}" + _did_you_mean(_close_config_files(path))
+        )
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -339,9 +404,22 @@ def load_yaml_with_base(path: str, _seen: tuple[str, ...] = ()) -> dict:
         return data
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(
+            f"config file '{_shown(path)}' has _BASE_ {bases!r}; expected a file name or a list "
+            "of file names"
+        )
     merged: dict = {}
     for base in bases:
-        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        folder = os.path.dirname(path)
+        base_path = os.path.abspath(os.path.join(folder, os.path.expanduser(base)))
+        if not os.path.isfile(base_path):
+            # Named here, not in the recursive call, which no longer knows who referred to it.
+            close = [f"'{c}'" for c in _close_config_files(base_path, start=folder)]
+            raise ConfigError(
+                f"config file '{_shown(path)}' has _BASE_ '{base}', which does not exist "
+                f"(resolved to {base_path})" + _did_you_mean(close)
+            )
         _deep_update(merged, load_yaml_with_base(base_path, _seen + (path,)))
     _deep_update(merged, data)
     return merged

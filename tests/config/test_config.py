@@ -73,7 +73,7 @@ def test_base_cycle_is_an_error(tmp_path):
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+    with pytest.raises(ConfigError, match="config file '.*nope.yaml' not found"):
         get_cfg().merge_from_file(str(tmp_path / "nope.yaml"))
     bad = _write(tmp_path / "bad.yaml", "SOLVER: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
@@ -81,6 +81,68 @@ def test_missing_file_and_invalid_yaml(tmp_path):
     missing_base = _write(tmp_path / "mb.yaml", "_BASE_: gone.yaml\n")
     with pytest.raises(ConfigError, match="gone.yaml"):
         get_cfg().merge_from_file(missing_base)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize(
+    "given,suggested",
+    [
+        ("configs/shapes/CondInst_R81.yaml", "configs/shapes/CondInst_R18.yaml"),  # a typo
+        ("configs/CondInst_R18.yaml", "configs/shapes/CondInst_R18.yaml"),  # the wrong folder
+        ("configs/IDIP_R5.yaml", "configs/IDIP_R50.yaml"),
+    ],
+)
+def test_misspelt_config_file_suggests_the_nearest(monkeypatch, capsys, given, suggested):
+    """As train.py reports it, from the repository root: one line naming the path as typed."""
+    from idip.engine.cli import run_cli
+
+    monkeypatch.chdir(REPO)
+    assert run_cli(lambda argv: setup_cfg(given) and 0) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: config file '{given}' not found; did you mean {suggested}?"
+    ]
+
+
+def test_missing_config_file_without_a_close_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "Other.yaml", "SOLVER: {MAX_ITER: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        setup_cfg("zzz.yaml")
+    assert str(err.value) == "config file 'zzz.yaml' not found"
+    (tmp_path / "Othr.yaml").mkdir()  # a folder is no file, and a file in the folder is close
+    with pytest.raises(ConfigError) as err:
+        setup_cfg("Othr.yaml")
+    assert (
+        str(err.value)
+        == "config file 'Othr.yaml' is a folder, not a file; did you mean Other.yaml?"
+    )
+
+
+def test_missing_base_names_the_referring_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "shapes").mkdir(parents=True)
+    _write(tmp_path / "configs" / "Base-Shapes.yaml", "SOLVER: {MAX_ITER: 3}\n")
+    _write(tmp_path / "configs" / "shapes" / "X.yaml", "_BASE_: ../Base-Shpes.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        setup_cfg("configs/shapes/X.yaml")
+    resolved = os.path.join(str(tmp_path), "configs", "Base-Shpes.yaml")
+    assert str(err.value) == (
+        "config file 'configs/shapes/X.yaml' has _BASE_ '../Base-Shpes.yaml', which does not exist "
+        f"(resolved to {resolved}); did you mean '../Base-Shapes.yaml'?"
+    )
+    # two levels down the chain: the message names the middle file, not the one given
+    _write(tmp_path / "configs" / "shapes" / "Y.yaml", "_BASE_: [X.yaml]\n")
+    with pytest.raises(ConfigError, match="^config file 'configs/shapes/X.yaml' has _BASE_"):
+        setup_cfg("configs/shapes/Y.yaml")
+    _write(tmp_path / "configs" / "shapes" / "Z.yaml", "_BASE_: ../Nothing-Like-It.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        setup_cfg("configs/shapes/Z.yaml")
+    assert str(err.value).endswith("Nothing-Like-It.yaml)")  # no suggestion when none is close
+    _write(tmp_path / "configs" / "shapes" / "W.yaml", "_BASE_: 3\n")
+    with pytest.raises(ConfigError, match="has _BASE_ 3; expected a file name or a list"):
+        setup_cfg("configs/shapes/W.yaml")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""demo.py and eval.py on a tiny trained model; a config error through a real subprocess."""
+"""demo.py and eval.py on a tiny trained model; a config error through a real subprocess; the
+shared argument parsing of train.py, eval.py and demo.py (--opts and bare KEY VALUE pairs)."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ from PIL import Image
 
 import demo
 import eval as eval_cli
+import train
 from idip.config import setup_cfg
 from idip.engine.cli import run_cli
 from tests.engine.conftest import preserved_process_state
@@ -202,3 +204,92 @@ def test_demo_output_naming_an_existing_file_is_one_line(trained, tmp_path, caps
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is an existing file" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv,opts",
+    [
+        (["--config-file", "X", "--opts", "A", "1", "B", "2"], ["A", "1", "B", "2"]),
+        (["--config-file", "X", "A", "1", "B", "2"], ["A", "1", "B", "2"]),
+        # mixed: merged in command-line order, flags anywhere
+        (
+            ["A", "1", "--config-file", "X", "--opts", "B", "2", "C", "3"],
+            ["A", "1", "B", "2", "C", "3"],
+        ),
+        (["--opts", "A", "1", "--config-file", "X", "B", "-1"], ["A", "1", "B", "-1"]),
+        (["--config-file", "X"], []),
+    ],
+)
+def test_train_and_eval_take_opts_and_bare_pairs(argv, opts):
+    for parse in (train.parse_args, eval_cli.parse_args):
+        args = parse(argv)
+        assert args.config_file == "X" and args.opts == opts
+
+
+def test_train_flags_after_the_overrides():
+    args = train.parse_args(["--opts", "SOLVER.MAX_ITER", "3", "--resume", "SEED", "1"])
+    assert (
+        args.resume and not args.start_over and args.opts == ["SOLVER.MAX_ITER", "3", "SEED", "1"]
+    )
+    args = train.parse_args(["SEED", "1", "--allow-config-change", "--start-over"])
+    assert args.allow_config_change and args.start_over and args.opts == ["SEED", "1"]
+
+
+def test_a_misspelt_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["SEED", "1", "--resme"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --resme" in capsys.readouterr().err
+
+
+def test_demo_takes_opts_and_bare_pairs():
+    base = ["--config-file", "X", "--output", "o"]
+    forms = [
+        [*base, "--input", "a.png", "--opts", "MODEL.WEIGHTS", "w.pth"],
+        [*base, "--input", "a.png", "MODEL.WEIGHTS", "w.pth"],  # a key ends the --input list
+        ["--input", "a.png", "MODEL.WEIGHTS", "w.pth", *base],
+        ["MODEL.WEIGHTS", "w.pth", *base, "--input", "a.png"],
+    ]
+    for argv in forms:
+        args = demo.parse_args(argv)
+        assert (args.input, args.output, args.opts) == (["a.png"], "o", ["MODEL.WEIGHTS", "w.pth"])
+    args = demo.parse_args(
+        [*base, "--input", "a.png", "b/*.png", "SEED", "1", "--opts", "MODEL.WEIGHTS", "w.pth"]
+    )
+    assert args.input == ["a.png", "b/*.png"] and args.opts == [
+        "SEED",
+        "1",
+        "MODEL.WEIGHTS",
+        "w.pth",
+    ]
+
+
+def test_opts_reach_the_config_in_train_and_eval(tmp_path, capsys):
+    code = train.cli(["--opts", "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "ten"])
+    assert code == 2 and "'SOLVER.MAX_ITER' (from the command line) expects int" in (
+        capsys.readouterr().err
+    )
+    # OUTPUT_DIR: eval.py starts its log there before it checks the weights
+    argv = ["DATASETS.TEST", "('x',)", "--opts", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path)]
+    code = run_cli(eval_cli.main, argv)
+    assert code == 2 and "'MODEL.WEIGHTS' is empty" in capsys.readouterr().err
+
+
+def test_misspelt_config_file_from_train_suggests_the_nearest(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert train.cli(["--config-file", "configs/shapes/CondInst_R81.yaml"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: config file 'configs/shapes/CondInst_R81.yaml' not found; "
+        "did you mean configs/shapes/CondInst_R18.yaml?"
+    ]
+
+
+def test_demo_with_bare_overrides(trained, tmp_path):
+    """The trailing form a user types: KEY VALUE after the other arguments, no --opts."""
+    image = _write_image(tmp_path / "a.png", 1)
+    argv = ["--config-file", str(trained / "config.yaml"), "--input", str(tmp_path / "a.png")]
+    argv += ["MODEL.WEIGHTS", str(trained / "model_final.pth"), "--output", str(tmp_path / "v.png")]
+    argv += ["--confidence-threshold", "0", "INPUT.MIN_SIZE_TEST", "48"]
+    assert run_cli(demo.main, argv) == 0
+    drawn = np.asarray(Image.open(tmp_path / "v.png"))
+    assert drawn.shape == image.shape and (drawn != image).any()
