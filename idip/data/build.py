@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError
 from ..utils.distributed import get_rank, get_world_size
-from .coco import filter_empty_annotations, load_coco_json
+from .coco import count_crowd_annotations, filter_empty_annotations, load_coco_json
 from .datasets import get_dataset, register_from_cfg
 from .errors import DatasetError
 from .image_io import ImageReadError, TooManyUnreadableImagesError
@@ -79,7 +79,9 @@ def _data_seed(cfg) -> int:
     return int(cfg.SEED) if int(cfg.SEED) >= 0 else 0
 
 
-def _load_records(names, filter_empty: bool) -> tuple[list[dict], list[str]]:
+def _load_records(
+    names, filter_empty: bool, log_crowd: bool = False
+) -> tuple[list[dict], list[str]]:
     records: list[dict] = []
     classes: list[str] | None = None
     first = None
@@ -92,6 +94,15 @@ def _load_records(names, filter_empty: bool) -> tuple[list[dict], list[str]]:
             raise DatasetError(
                 f"datasets '{first}' and '{name}' have different classes ({classes} vs "
                 f"{categories.names}); they cannot be trained on together"
+            )
+        if log_crowd:
+            crowd, total = count_crowd_annotations(dataset_records)
+            logger.info(
+                "%s: %s crowd %s (of %s) excluded from the training targets",
+                name,
+                f"{crowd:,}",
+                "annotation" if crowd == 1 else "annotations",
+                f"{total:,}",
             )
         if filter_empty:
             dataset_records = filter_empty_annotations(dataset_records, name)
@@ -212,7 +223,7 @@ def build_train_loader(cfg, start_iter: int = 0) -> TrainLoader:
         raise ConfigError("DATASETS.TRAIN is empty: name at least one dataset to train on")
     batch_size = train_batch_size_per_rank(cfg)
     mapper = DatasetMapper.from_config(cfg, is_train=True)
-    records, _ = _load_records(names, bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
+    records, _ = _load_records(names, bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS), log_crowd=True)
     if not records:
         raise DatasetError(f"no training images with usable annotations in {names}")
     seed = _data_seed(cfg)

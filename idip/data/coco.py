@@ -8,8 +8,9 @@ A record (one per image) is a plain dict::
                       "iscrowd": int (0 or 1),
                       "segmentation": polygons (list[list[float]]) or RLE dict}, ...]}
 
-Crowd annotations are kept (flagged) so the training targets can exclude them. Annotation ids are
-never used, so duplicated or zero ids are harmless.
+Crowd annotations are kept (flagged) so the training targets can exclude them (the training
+loader logs how many, per dataset). Annotation ids are never used, so duplicated or zero ids are
+harmless.
 """
 
 from __future__ import annotations
@@ -201,6 +202,14 @@ def load_coco_json(
 def _abbreviate(values: list, limit: int = 10) -> str:
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (f", ... ({len(values) - limit} more)" if len(values) > limit else "")
+
+
+def count_crowd_annotations(records: list[dict]) -> tuple[int, int]:
+    """(crowd annotations, all annotations) in ``records``; the training targets leave the crowd
+    ones out (evaluation uses them as ignore regions)."""
+    total = sum(len(r["annotations"]) for r in records)
+    crowd = sum(1 for r in records for ann in r["annotations"] if ann["iscrowd"])
+    return crowd, total
 
 
 def has_usable_annotation(record: dict) -> bool:

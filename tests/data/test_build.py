@@ -297,3 +297,65 @@ def test_crowd_only_images_and_non_contiguous_ids_in_the_loader(tmp_path, filter
         crowd = samples[2]["instances"]
         assert crowd["boxes"].shape == (0, 4) and crowd["classes"].shape == (0,)
         assert crowd["masks"].shape == (0, 48, 64) and crowd["masks"].dtype == torch.bool
+
+
+def test_crowd_annotations_left_out_of_training_are_logged_per_dataset(tmp_path, caplog):
+    json_file, images = _toy_dataset(tmp_path)  # 1 crowd annotation of 2
+    with open(json_file) as f:
+        data = json.load(f)
+    crowd = data["annotations"][1]
+    data["annotations"] += [dict(crowd, id=i) for i in range(1, 1234)]
+    many = tmp_path / "many_crowd.json"
+    many.write_text(json.dumps(data))
+    cfg = tiny_cfg(str(tmp_path), train_json=json_file, train_images=images)
+    cfg.DATASETS.CUSTOM = [
+        *cfg.DATASETS.CUSTOM,
+        {"NAME": "many_crowd", "JSON": str(many), "IMAGES": images},
+    ]
+    cfg.DATASETS.TRAIN = ("tiny_train", "many_crowd")
+    with caplog.at_level(logging.INFO, logger="idip.data"):
+        build_train_loader(cfg)
+    lines = [r.getMessage() for r in caplog.records if "crowd annotation" in r.getMessage()]
+    assert lines == [
+        "tiny_train: 1 crowd annotation (of 2) excluded from the training targets",
+        "many_crowd: 1,234 crowd annotations (of 1,235) excluded from the training targets",
+    ]
+    assert all(
+        r.levelno == logging.INFO for r in caplog.records if "crowd annotation" in r.getMessage()
+    )
+
+    caplog.clear()  # evaluation keeps them (ignore regions): no such line
+    with caplog.at_level(logging.INFO, logger="idip.data"):
+        build_test_loader(cfg, "many_crowd")
+    assert "crowd annotation" not in caplog.text
+
+
+def test_train_py_logs_the_crowd_count(tmp_path):
+    """From the command line: the real loader under train.py writes the line to log.txt."""
+    import tests.engine.tiny_model  # noqa: F401  (registers TinyTestModel)
+    import train
+    from tests.engine.conftest import preserved_process_state
+
+    json_file, images = _toy_dataset(tmp_path)
+    out = tmp_path / "out"
+    opts = [
+        "MODEL.META_ARCHITECTURE", "TinyTestModel",
+        "MODEL.DEVICE", "cpu",
+        "DATASETS.CUSTOM", repr([{"NAME": "toy_train", "JSON": json_file, "IMAGES": images}]),
+        "DATASETS.TRAIN", "('toy_train',)",
+        "DATASETS.TEST", "()",
+        "INPUT.MIN_SIZE_TRAIN", "(24,)",
+        "INPUT.MAX_SIZE_TRAIN", "64",
+        "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "1",
+        "SOLVER.STEPS", "(10,)",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "0",
+        "DATALOADER.NUM_WORKERS", "0",
+        "SEED", "1",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+    with preserved_process_state():  # train.py sets up logging, seeds and torch settings
+        assert train.cli(opts) == 0
+    log = (out / "log.txt").read_text()
+    assert "toy_train: 1 crowd annotation (of 2) excluded from the training targets" in log

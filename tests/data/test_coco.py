@@ -12,6 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from idip.data.coco import (
+    count_crowd_annotations,
     filter_empty_annotations,
     load_coco_json,
     read_categories,
@@ -160,6 +161,7 @@ def test_records_polygons_rle_crowd_and_dropped_boxes(tmp_path, caplog):
 
     crowd = records[1]["annotations"]
     assert len(crowd) == 1 and crowd[0]["iscrowd"] == 1
+    assert count_crowd_annotations(records) == (1, 5)  # 2 of the 7 were dropped
     with caplog.at_level(logging.INFO, logger="idip.data"):
         kept = filter_empty_annotations(records, "toy")
     assert [r["image_id"] for r in kept] == [1]
