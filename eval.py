@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cfg.DATASETS.TEST:
         raise ConfigError("config key 'DATASETS.TEST' is empty; name the dataset(s) to evaluate on")
     model = build_model(cfg)
-    logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE))
+    logger.info(load_weights(model, cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, cfg=cfg))
     results = evaluate_datasets(cfg, model, log_tables=False)
     if is_main_process():
         for name, tasks in results.items():

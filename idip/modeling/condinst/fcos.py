@@ -33,6 +33,7 @@ class FCOSOutputs:
         locations: [M, 2] (x, y) image coordinates of each location.
         levels: [M] int64 FPN level index of each location.
         strides: [M] float32 stride of each location's level.
+        level_sizes: locations per level (H_l * W_l), known from the shapes without a host sync.
     """
 
     logits: Tensor
@@ -42,6 +43,7 @@ class FCOSOutputs:
     locations: Tensor
     levels: Tensor
     strides: Tensor
+    level_sizes: list[int]
 
 
 class FCOS(nn.Module):
@@ -119,6 +121,7 @@ class FCOS(nn.Module):
             locations=torch.cat(locations),
             levels=torch.cat(levels),
             strides=torch.cat(strides),
+            level_sizes=[loc.shape[0] for loc in locations],
         )
 
     def targets(
@@ -129,8 +132,7 @@ class FCOS(nn.Module):
         gt_centers: list[Tensor] | None = None,
     ) -> FCOSTargets:
         """Training targets for ``outputs``' locations (see ``compute_fcos_targets``)."""
-        counts = torch.bincount(outputs.levels, minlength=len(self.strides)).tolist()
-        locations = list(torch.split(outputs.locations, counts))
+        locations = list(torch.split(outputs.locations, outputs.level_sizes))
         return compute_fcos_targets(
             locations,
             self.strides,
@@ -181,7 +183,7 @@ class FCOS(nn.Module):
         probs = outputs.logits.float().sigmoid()
         ctr = outputs.ctrness.float().sigmoid()
         num_levels = len(self.strides)
-        counts = torch.bincount(outputs.levels, minlength=num_levels).tolist()
+        counts = outputs.level_sizes
         box_reg = outputs.box_reg.float()
         if self.norm_reg_targets:
             box_reg = box_reg * outputs.strides[None, :, None]

@@ -38,14 +38,14 @@ def ltrb_iou_giou(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return iou, giou
 
 
-def _mean_over_ranks(value: float) -> float:
-    """The value averaged over the distributed ranks (itself when not distributed)."""
+def _mean_over_ranks(value: Tensor) -> Tensor:
+    """The scalar tensor averaged over the distributed ranks (itself when not distributed);
+    stays on the device, so no host sync."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.item() / dist.get_world_size()
-    return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / dist.get_world_size()
+    return value.detach()
 
 
 def fcos_losses(
@@ -79,31 +79,25 @@ def fcos_losses(
     logits, box_reg, ctrness = logits.float(), box_reg.float(), ctrness.float()
     labels = targets.labels
     pos_mask = labels != num_classes
-    num_pos = int(pos_mask.sum().item())
-    num_pos_avg = max(_mean_over_ranks(float(num_pos)), 1.0)
+    # Computed densely over all locations, negatives weighted 0: no host sync and no
+    # data-dependent shape (torch.compile keeps it in one graph), and every prediction stays in
+    # the graph, so DDP sees a gradient for each parameter also without positives.
+    pos = pos_mask.float()
+    num_pos_avg = _mean_over_ranks(pos.sum()).clamp(min=1.0)
 
-    flat_logits = logits.reshape(-1, num_classes)
-    flat_labels = labels.reshape(-1)
-    class_target = torch.zeros_like(flat_logits)
-    pos_flat = torch.nonzero(flat_labels != num_classes).squeeze(1)
-    class_target[pos_flat, flat_labels[pos_flat]] = 1.0
-    loss_cls = sigmoid_focal_loss(flat_logits, class_target, focal_alpha, focal_gamma) / num_pos_avg
+    class_target = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(logits.dtype)
+    loss_cls = sigmoid_focal_loss(logits, class_target, focal_alpha, focal_gamma) / num_pos_avg
 
-    reg_pred = box_reg[pos_mask]
-    reg_target = targets.reg_targets[pos_mask]
-    ctr_pred = ctrness[pos_mask]
-    ctr_target = centerness_targets(reg_target)
-    loss_denorm = max(_mean_over_ranks(float(ctr_target.sum().item())), 1e-6)
-    if num_pos > 0:
-        _, giou = ltrb_iou_giou(reg_pred, reg_target)
-        loss_loc = ((1 - giou) * ctr_target).sum() / loss_denorm
-        loss_ctr = (
-            F.binary_cross_entropy_with_logits(ctr_pred, ctr_target, reduction="sum") / num_pos_avg
-        )
-    else:
-        # Keep every prediction in the graph so that DDP sees gradients for all parameters.
-        loss_loc = box_reg.sum() * 0.0
-        loss_ctr = ctrness.sum() * 0.0
+    inside = pos_mask[..., None]
+    ones = torch.ones_like(box_reg)
+    reg_pred = torch.where(inside, box_reg, ones).reshape(-1, 4)
+    reg_target = torch.where(inside, targets.reg_targets.to(box_reg.dtype), ones).reshape(-1, 4)
+    ctr_target = centerness_targets(reg_target) * pos.reshape(-1)
+    loss_denorm = _mean_over_ranks(ctr_target.sum()).clamp(min=1e-6)
+    _, giou = ltrb_iou_giou(reg_pred, reg_target)
+    loss_loc = ((1 - giou) * ctr_target).sum() / loss_denorm
+    bce = F.binary_cross_entropy_with_logits(ctrness.reshape(-1), ctr_target, reduction="none")
+    loss_ctr = (bce * pos.reshape(-1)).sum() / num_pos_avg
     return {
         "loss_fcos_cls": loss_cls,
         "loss_fcos_loc": loss_loc,

@@ -276,6 +276,7 @@ class IDIP(nn.Module):
     # -------------------------------------------------------------------------------------------
     # inference
     # -------------------------------------------------------------------------------------------
+    @torch.compiler.disable  # generators are objects torch.compile cannot trace
     def _generators(self, batch: list[dict]) -> list[torch.Generator]:
         """One generator per image, seeded from TEST.SEED and the image id, so that an image's
         result does not depend on the batch it is in."""

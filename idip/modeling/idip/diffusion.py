@@ -108,16 +108,6 @@ def _pure_noise_boxes(noise: Tensor, image_size: Tensor, ops) -> Tensor:
     return ops.box_q_sample(zeros, noise, t, alpha_zero, image_size)[1]
 
 
-def _batch_randn(shape: tuple[int, ...], B: int, generator, device, dtype) -> Tensor:
-    """[B, *shape] standard normal draws; with a list of generators, image b's draws come from
-    generator b alone (batch-independent results)."""
-    if isinstance(generator, (list, tuple)):
-        return torch.stack(
-            [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generator]
-        )
-    return torch.randn((B, *shape), generator=generator, device=device, dtype=dtype)
-
-
 def _check_image_size(image_size: Tensor, where: str) -> Tensor:
     if image_size.dim() != 2 or image_size.shape[1] != 4:
         raise ValueError(
@@ -266,6 +256,42 @@ class DDIMSampler:
         # (t_now, t_next) pairs, e.g. T=1000, 3 steps: (999, 665), (665, 332), (332, -1).
         self.time_pairs: list[tuple[int, int]] = list(zip(times[:-1], times[1:]))
 
+    @torch.compiler.disable
+    def draw_noise(self, B: int, N: int, generator, device, dtype) -> tuple[Tensor, Tensor]:
+        """Every random number of one :meth:`sample` call, drawn up front.
+
+        Random generators are objects torch.compile cannot trace, so the draws happen here, in
+        one region it leaves out, in the order :meth:`sample` consumes them (each generator
+        gives the same numbers as when drawn step by step).
+
+        Returns:
+            (x_T [B, N, 4] the initial signal, [S, 2, B, N, 4] the DDIM noise and the renewal
+            noise of each of the S = num_steps - 1 steps that have a next step).
+        """
+        steps = len(self.time_pairs) - 1
+        if isinstance(generator, (list, tuple)):
+            per_image = []
+            for g in generator:
+                draws = [torch.randn((N, 4), generator=g, device=device, dtype=dtype)]
+                draws += [
+                    torch.randn((2, N, 4), generator=g, device=device, dtype=dtype)
+                    for _ in range(steps)
+                ]
+                per_image.append(draws)
+            x_t = torch.stack([d[0] for d in per_image])
+            if steps == 0:
+                return x_t, x_t.new_zeros((0, 2, B, N, 4))
+            step_noise = torch.stack(
+                [torch.stack([d[1 + s] for d in per_image], dim=1) for s in range(steps)]
+            )
+            return x_t, step_noise
+        x_t = torch.randn((B, N, 4), generator=generator, device=device, dtype=dtype)
+        step_noise = [
+            torch.randn(2, B, N, 4, generator=generator, device=device, dtype=dtype)
+            for _ in range(steps)
+        ]
+        return x_t, (torch.stack(step_noise) if steps else x_t.new_zeros((0, 2, B, N, 4)))
+
     @torch.no_grad()
     def sample(
         self,
@@ -296,21 +322,16 @@ class DDIMSampler:
 
         if isinstance(generator, (list, tuple)) and len(generator) != B:
             raise ValueError(f"DDIMSampler.sample: got {len(generator)} generators for {B} images")
-        x_t = _batch_randn((N, 4), B, generator, device, dtype)
+        x_t, step_noise = self.draw_noise(B, N, generator, device, dtype)
         boxes = _pure_noise_boxes(x_t, image_size, ops)
         output = None
-        for t_now, t_next in self.time_pairs:
+        for step, (t_now, t_next) in enumerate(self.time_pairs):
             t = torch.full((B,), t_now, dtype=torch.int64, device=device)
             output = head(boxes, t)
             if t_next < 0:
                 break
             class_logits, pred_boxes = output[0], output[1]
-            if isinstance(generator, (list, tuple)):
-                noise, renew = _batch_randn((2, N, 4), B, generator, device, dtype).unbind(1)
-            else:
-                noise, renew = torch.randn(
-                    2, B, N, 4, generator=generator, device=device, dtype=dtype
-                )
+            noise, renew = step_noise[step]
             if self.box_renewal:
                 # max over classes commutes with the (monotone) sigmoid: sigmoid on [B, N] only.
                 keep = class_logits.amax(dim=-1).sigmoid() > self.renewal_threshold

@@ -40,6 +40,7 @@ def _outputs(probs, ctr, reg, params=True) -> FCOSOutputs:
         locations=torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0], [8.0, 8.0]]),
         levels=torch.tensor([0, 0, 0, 1]),
         strides=torch.tensor([8.0, 8.0, 8.0, 16.0]),
+        level_sizes=[3, 1],
     )
 
 
