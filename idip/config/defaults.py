@@ -141,6 +141,9 @@ _C.MODEL.FCOS.CENTER_SAMPLE_ON_MASK = True
 _C.MODEL.FCOS.LOSS_ALPHA = 0.25  # focal loss alpha
 _C.MODEL.FCOS.LOSS_GAMMA = 2.0  # focal loss gamma
 _C.MODEL.FCOS.INFERENCE_TH_TEST = 0.05  # score threshold before NMS
+# Inference: no candidates at locations in the batch padding (True makes results depend less on
+# the test batch; the authors' code, False, scores every location of the padded batch).
+_C.MODEL.FCOS.IGNORE_PADDING_LOCATIONS = False
 _C.MODEL.FCOS.THRESH_WITH_CTR = False  # threshold class prob * centerness (True in Base-CondInst)
 _C.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000  # candidates kept per level before NMS
 _C.MODEL.FCOS.NMS_TH = 0.6  # class-aware NMS IoU threshold

@@ -214,7 +214,9 @@ class CondInst(nn.Module):
         mask_feats: Tensor,
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        detections = self.fcos.predict(outputs, op_library(self.use_reference_ops).batched_nms)
+        detections = self.fcos.predict(
+            outputs, op_library(self.use_reference_ops).batched_nms, image_sizes
+        )
         padded_h = mask_feats.shape[-2] * self.mask_branch.out_stride
         results = []
         for i, (sample, det, (h, w)) in enumerate(zip(batch, detections, image_sizes)):

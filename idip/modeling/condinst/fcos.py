@@ -88,6 +88,7 @@ class FCOS(nn.Module):
         self.pre_nms_topk = int(c.PRE_NMS_TOPK_TEST)
         self.post_nms_topk = int(c.POST_NMS_TOPK_TEST)
         self.nms_thresh = float(c.NMS_TH)
+        self.ignore_padding_locations = bool(c.IGNORE_PADDING_LOCATIONS)
         self.head = FCOSHead(
             self.in_channels,
             self.num_classes,
@@ -165,8 +166,13 @@ class FCOS(nn.Module):
         self,
         outputs: FCOSOutputs,
         batched_nms: Callable[[Tensor, Tensor, Tensor, float], Tensor],
+        image_sizes: list[tuple[int, int]] | None = None,
     ) -> list[dict[str, Tensor]]:
         """Detections per image, in the padded input's coordinates.
+
+        With ``image_sizes`` ((h, w) of each unpadded image) and ``IGNORE_PADDING_LOCATIONS``,
+        locations in the batch padding are no candidates (they are negatives in training, and
+        how many there are depends on the other images of the batch).
 
         Per level: class probabilities above ``INFERENCE_TH_TEST`` (after multiplying by the
         centerness when ``THRESH_WITH_CTR``), scored sqrt(prob * centerness), at most
@@ -205,6 +211,11 @@ class FCOS(nn.Module):
                 if self.thresh_with_ctr:
                     level_probs = level_probs * level_ctr[:, None]
                 candidates = level_probs > self.score_thresh
+                if self.ignore_padding_locations and image_sizes is not None:
+                    h, w = image_sizes[i]
+                    level_locs = outputs.locations[start:end]
+                    inside = (level_locs[:, 0] < w) & (level_locs[:, 1] < h)
+                    candidates = candidates & inside[:, None]
                 if not self.thresh_with_ctr:
                     level_probs = level_probs * level_ctr[:, None]
                 scores = level_probs[candidates]

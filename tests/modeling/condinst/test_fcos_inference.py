@@ -93,6 +93,18 @@ def test_class_aware_nms_and_top_k():
     assert det["levels"].tolist() == [0, 1]
 
 
+def test_padding_locations_are_no_candidates_when_asked():
+    # Every location scores 0.9; the image is 16 wide and 8 high (x = 4, 12 are inside, x = 20 on
+    # level 0 and (8, 8) on level 1 lie in the padding of a larger batch).
+    out = _outputs(probs=[[0.9, 0.01]] * 4, ctr=[1 - 1e-6] * 4, reg=[[0.1] * 4] * 4)
+    (det,) = _fcos(NMS_TH=1.0).predict(out, _nms, [(8, 16)])
+    assert sorted(det["locations"][:, 0].tolist()) == [4.0, 8.0, 12.0, 20.0]  # the authors' way
+    (det,) = _fcos(NMS_TH=1.0, IGNORE_PADDING_LOCATIONS=True).predict(out, _nms, [(8, 16)])
+    assert sorted(det["locations"][:, 0].tolist()) == [4.0, 12.0]
+    (det,) = _fcos(NMS_TH=1.0, IGNORE_PADDING_LOCATIONS=True).predict(out, _nms, [(16, 32)])
+    assert len(det["scores"]) == 4  # nothing is padding in a 32x16 image
+
+
 def test_no_candidates_give_empty_tensors():
     out = _outputs(probs=[[0.01, 0.01]] * 4, ctr=[0.5] * 4, reg=[[1.0] * 4] * 4, params=False)
     (det,) = _fcos().predict(out, _nms)
