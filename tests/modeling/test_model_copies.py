@@ -31,8 +31,8 @@ def _same_outputs(a: list[dict], b: list[dict]) -> None:
             torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.parametrize("use_reference", [False, True], ids=["kernels", "reference"])
-@pytest.mark.parametrize("arch", ["IDIP", "CondInst"])
+# One model with the kernels and one with the references: the switch is the same bool in both.
+@pytest.mark.parametrize(("arch", "use_reference"), [("IDIP", False), ("CondInst", True)])
 def test_deepcopy_pickle_and_torch_save_of_a_built_model(arch, use_reference):
     torch.manual_seed(0)
     model = build_model(_cfg(arch, use_reference)).eval()
