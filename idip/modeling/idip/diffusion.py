@@ -299,6 +299,7 @@ class DDIMSampler:
         image_size: Tensor,
         num_proposals: int,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        noise: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Any]:
         """Denoises ``num_proposals`` random boxes per image with ``num_steps`` head evaluations.
 
@@ -310,6 +311,9 @@ class DDIMSampler:
             generator: random generator on image_size's device, or None for the global one; or
                 a list of B generators, one per image, so that an image's result does not depend
                 on the other images of the batch.
+            noise: the random numbers to use instead of drawing them, as :meth:`draw_noise`
+                returns them: (x_T [B, N, 4], [S, 2, B, N, 4]); the export wrapper passes
+                numbers computed from a seed tensor (a generator cannot be exported).
 
         Returns:
             The head's output at the last step: (class_logits, pred_boxes, extra).
@@ -322,7 +326,16 @@ class DDIMSampler:
 
         if isinstance(generator, (list, tuple)) and len(generator) != B:
             raise ValueError(f"DDIMSampler.sample: got {len(generator)} generators for {B} images")
-        x_t, step_noise = self.draw_noise(B, N, generator, device, dtype)
+        if noise is None:
+            x_t, step_noise = self.draw_noise(B, N, generator, device, dtype)
+        else:
+            x_t, step_noise = noise
+            steps = len(self.time_pairs) - 1
+            if tuple(x_t.shape) != (B, N, 4) or tuple(step_noise.shape) != (steps, 2, B, N, 4):
+                raise ValueError(
+                    f"DDIMSampler.sample: noise must be ([{B}, {N}, 4], [{steps}, 2, {B}, {N}, 4]), "
+                    f"got ({list(x_t.shape)}, {list(step_noise.shape)})"
+                )
         boxes = _pure_noise_boxes(x_t, image_size, ops)
         output = None
         for step, (t_now, t_next) in enumerate(self.time_pairs):
