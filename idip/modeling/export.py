@@ -44,7 +44,7 @@ from .op_library import op_library
 # Score given to the candidates below the threshold before NMS: below every sigmoid score, so
 # the greedy scan reaches them after all valid candidates and they cannot suppress one.
 _INVALID_SCORE = -1.0
-# Detections whose full-resolution mask probabilities are upsampled at once (as eager CondInst).
+# Detections whose full-resolution masks are computed at once (as eager CondInst).
 _MASK_CHUNK = 32
 
 
@@ -171,24 +171,23 @@ class CondInstExport(nn.Module):
             )
         boxes = clip_boxes(boxes[keep], h, w)
         valid = valid & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        probs = self._mask_probs(
-            mask_feats, out.top_feats[0][loc[keep]], locations[keep], out.levels[loc[keep]]
+        masks = self._masks(
+            mask_feats, out.top_feats[0][loc[keep]], locations[keep], out.levels[loc[keep]], h, w
         )
-        # Eager crops the padding and resizes to (height, width): here the input size itself,
-        # for which the bilinear resize is the identity.
-        masks = probs[:, :h, :w] > m.mask_threshold
         return _finish(boxes, scores[keep], labels[keep], masks, valid)
 
-    def _mask_probs(
-        self, mask_feats: Tensor, params: Tensor, locations: Tensor, levels: Tensor
+    def _masks(
+        self, mask_feats: Tensor, params: Tensor, locations: Tensor, levels: Tensor, h: int, w: int
     ) -> Tensor:
-        """[D, Hp, Wp] mask probabilities at the padded input's resolution, as eager
-        ``CondInst._paste_masks`` computes them before its crop.
+        """[D, h, w] bool masks, as eager ``CondInst._paste_masks``: stride-4 probabilities,
+        aligned upsample to the padded input, crop to the image, threshold. (Eager then resizes
+        to the original size: here the input size itself, for which the resize is the identity.)
 
         Args:
             mask_feats: [1, C, Hp / s, Wp / s] mask-branch output (stride s).
             params: [D, P] controller outputs of the detections.
             locations: [D, 2] their locations; levels: [D] int64 their FPN levels.
+            h, w: the input image size.
         """
         m = self.model
         stride = m.mask_branch.out_stride
@@ -196,11 +195,12 @@ class CondInstExport(nn.Module):
         probs = m.mask_head(mask_feats, stride, params, im_inds, locations, levels).sigmoid()
         factor = mask_feats.shape[-2] * stride // probs.shape[-2]
         chunks = []
+        # Full-resolution float masks are large: upsampled and thresholded a few at a time.
         for start in range(0, probs.shape[0], _MASK_CHUNK):
             p = probs[start : start + _MASK_CHUNK]
             if factor > 1:
                 p = op_library(m.use_reference_ops).aligned_upsample(p, factor)
-            chunks.append(p[:, 0])
+            chunks.append(p[:, 0, :h, :w] > m.mask_threshold)
         return torch.cat(chunks)
 
 

@@ -96,6 +96,7 @@ def pad_indices(keep: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """
     keep = keep[:size]
     count = keep.shape[0]
+    # Tells the tracer that the padding amount below is not negative (count is min(M, D)).
     torch._check(count <= size)
     present = torch.arange(size, device=keep.device) < count
     return F.pad(keep, (0, size - count)), present
@@ -104,8 +105,8 @@ def pad_indices(keep: Tensor, size: int) -> tuple[Tensor, Tensor]:
 def valid_first(valid: Tensor) -> Tensor:
     """[D] permutation that moves the ``valid`` rows to the front, each group in its order.
 
-    The sort keys are all distinct (row index, plus D for the invalid rows), so any sort gives
-    this permutation: no stable sort needed (ONNX TopK promises none).
+    The sort keys are all distinct (row index, plus D for the invalid rows), so the result does
+    not depend on how a sort breaks ties: no stable sort needed, in PyTorch or in ONNX.
     """
     d = valid.shape[0]
     rows = torch.arange(d, device=valid.device)
