@@ -40,6 +40,7 @@ from .fixed_shape import counter_normal, pad_indices, valid_first
 from .idip.detector import IDIP
 from .mask_paste import paste_masks_in_image
 from .op_library import op_library
+from .poolers import box_lists_to_rois
 
 # Score given to the candidates below the threshold before NMS: below every sigmoid score, so
 # the greedy scan reaches them after all valid candidates and they cannot suppress one.
@@ -289,7 +290,7 @@ class IDIPExport(nn.Module):
         clipped = clip_boxes(raw, h, w)
         valid = valid & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
         mask_boxes = raw if m.mask_from_unclipped_boxes else clipped
-        rois = torch.cat([mask_boxes.new_zeros((d, 1)), mask_boxes], dim=1)
+        rois = box_lists_to_rois([mask_boxes])
         probs = m.mask_head(features, rois, feats[prop[keep]]).sigmoid()  # [D, K, S, S]
         probs = probs[rank, labels[keep]]
         masks = paste_masks_in_image(probs, clipped, h, w, m.mask_threshold)
